@@ -1,0 +1,346 @@
+"""``Precision``: the one small seam a training loop calls.
+
+    prec = Precision("16-mixed")
+    model, optimizer = prec.setup(model, optimizer)
+    with prec.autocast():
+        loss = loss_fn(model(x), y)
+    prec.backward(loss)                  # scaled backward
+    prec.step(optimizer, max_norm=10.0)  # unscale, clip, inf/NaN check, step or skip, update scale
+    optimizer.zero_grad(set_to_none=True)
+
+``step`` synchronises with the host once (reading the found-inf flag to decide whether to
+step); everything else stays on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixprec.formats import get_format, round_to
+from mixprec.master import MasterWeights
+from mixprec.policy import Policy, dtype_name
+from mixprec.scaler import LossScaler, NoScaler, make_scaler
+
+__all__ = ["NORM_LAYERS", "Precision"]
+
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    """Cast floating tensors inside (nested tuples/lists/dicts of) ``obj`` to ``dtype``."""
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_cast_floats(o, dtype) for o in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _unscale_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor,
+                       found_inf: torch.Tensor) -> None:
+    """Multiply ``grads`` by ``inv_scale`` in place and set ``found_inf`` to 1 where any is
+    inf/NaN. One fused kernel per (device, dtype) group; no host synchronisation."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for (device, _), group in groups.items():
+        flag = found_inf if found_inf.device == device else torch.zeros_like(found_inf, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, flag, inv_scale.to(device))
+        if flag is not found_inf:
+            found_inf.copy_(torch.maximum(found_inf, flag.to(found_inf.device)))
+
+
+class Precision:
+    """Mixed-precision recipe for one model and its optimizer.
+
+    ``policy``: a preset name, ``"auto"``, a key string or a ``Policy``. ``scaler``: a
+    ``LossScaler`` or ``"none"``/``"static"``/``"dynamic"``; default from the policy (dynamic for
+    FP16 with a master copy). ``device``: where the model runs (default: that of the model at
+    ``setup``; for ``"auto"``, CUDA when available). ``emulate``: reproduce the policy's numerics
+    in FP32 arithmetic (``mixprec.emulate``) instead of running real low-precision dtypes.
+    ``stochastic_rounding``: master write-back (or, for ``*-true``, each step) rounds stochastically.
+    ``skip_nonfinite``: skip steps whose gradients hold inf/NaN even without a loss scaler.
+    Under ``torch.distributed`` the inf/NaN verdict is all-reduced so all ranks skip together.
+    """
+
+    def __init__(
+        self,
+        policy: str | Policy = "32",
+        *,
+        scaler: LossScaler | str | None = None,
+        device: str | torch.device | None = None,
+        emulate: bool = False,
+        stochastic_rounding: bool = False,
+        skip_nonfinite: bool = True,
+        process_group: Any = None,
+    ) -> None:
+        self.reason = ""
+        if isinstance(policy, str) and policy.strip().lower() == "auto":
+            from mixprec.hardware import auto_policy
+
+            policy, self.reason = auto_policy(device)
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.policy = Policy.parse(policy)
+        self.device = torch.device(device) if device is not None else None
+        self.emulate = bool(emulate)
+        self.stochastic_rounding = stochastic_rounding
+        self.skip_nonfinite = skip_nonfinite
+        self.process_group = process_group
+        if scaler is None:
+            scaler = self.policy.default_scaler
+        self.scaler: LossScaler = make_scaler(scaler) if isinstance(scaler, str) else scaler
+        self.steps = 0
+        self.skipped_steps = 0
+        self._backward_pending = False
+        self._hooks: list[Any] = []
+        self._model: nn.Module | None = None
+        if self.device is not None:
+            self._check_device(self.device)
+        if self.policy.param_dtype != torch.float32 and self.policy.master_dtype is None:
+            warnings.warn(
+                f"{self.policy} is pure half precision with no FP32 master copy: updates smaller "
+                "than half an ulp of a weight are rounded away and training often stalls; "
+                f"use '{'bf16' if self.policy.param_dtype == torch.bfloat16 else '16'}-master' "
+                "to keep FP32 master weights", UserWarning, stacklevel=2)
+
+    # -- validation ----------------------------------------------------------------------
+    def _check_device(self, device: torch.device) -> None:
+        p = self.policy
+        if p.is_fp8 and not self.emulate:
+            raise ValueError(f"{p} computes in FP8, which mixprec runs only under emulation: "
+                             f"Precision('{p}', emulate=True); on real hardware use 'bf16-mixed'")
+        if self.emulate or p.compute_dtype == torch.float32:
+            return
+        if device.type == "cuda" and p.compute_dtype == torch.bfloat16 and \
+                not torch.cuda.is_bf16_supported():
+            nearest = str(p).replace("bf16", "16")
+            raise ValueError(f"{p} needs BF16, which {torch.cuda.get_device_name(device)} does not "
+                             f"support; the nearest preset that runs is '{nearest}'")
+        available = getattr(torch.amp, "is_autocast_available", lambda _t: True)
+        if p.uses_autocast and not available(device.type):
+            raise ValueError(f"torch has no autocast for device type {device.type!r}; use '32'")
+
+    # -- setup ---------------------------------------------------------------------------
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        """Prepare ``model`` (and ``optimizer``) for this policy; returns ``(model, optimizer)``,
+        or ``model`` alone when no optimizer is given.
+
+        ``*-master``/``*-true``: non-normalisation parameters and buffers are cast to the half
+        dtype in place (``Parameter`` objects are kept, so existing optimizer references stay
+        valid); normalisation layers stay FP32 and see FP32 inputs; floating model inputs are cast
+        to the compute dtype. Mixed policies keep FP32 parameters. Floating model outputs are
+        cast to the policy's output dtype. For ``*-master`` the optimizer is wrapped in
+        ``MasterWeights``, initialised from the FP32 weights as they were before the cast.
+        """
+        if self._model is not None:
+            raise RuntimeError("this Precision is already set up with a model; create one "
+                               "Precision per model")
+        if self.device is None:
+            first = next(iter(model.parameters()), None)
+            self.device = first.device if first is not None else torch.device("cpu")
+            self._check_device(self.device)
+        if isinstance(optimizer, MasterWeights):
+            raise ValueError("pass the plain optimizer to setup(); it wraps it in MasterWeights "
+                             "itself where the policy needs a master copy")
+        p = self.policy
+        master_values: dict[torch.Tensor, torch.Tensor] = {}
+        cast_params: list[torch.Tensor] = []
+        if p.casts_params:
+            cast_params = [param for m in model.modules() if not isinstance(m, NORM_LAYERS)
+                           for param in m.parameters(recurse=False) if param.is_floating_point()]
+            if p.master_dtype is not None:
+                master_values = {q: q.detach().to(p.master_dtype, copy=True) for q in cast_params}
+            self._store_half(model, cast_params)
+            self._add_input_cast_hooks(model)
+        if p != Policy() and not p.is_fp8:
+            self._hooks.append(model.register_forward_hook(
+                lambda _m, _i, out: _cast_floats(out, p.output_dtype)))
+        self._model = model
+        if optimizer is None:
+            return model
+        storage = get_format(p.param_dtype) if self.emulate else None
+        if p.master_dtype is not None:
+            optimizer = MasterWeights(optimizer, self.stochastic_rounding,
+                                      master_values=master_values, storage_format=storage)
+        elif p.casts_params and self.stochastic_rounding:
+            # *-true with stochastic rounding: the step is computed in FP32 from the half values
+            # and rounded stochastically; no precision survives between steps.
+            optimizer = MasterWeights(optimizer, True, refresh_from_params=True,
+                                      master_values={q: q for q in cast_params} if self.emulate else None,
+                                      storage_format=storage)
+        return model, optimizer
+
+    @property
+    def _wants_master_wrapper(self) -> bool:
+        p = self.policy
+        return p.master_dtype is not None or (p.casts_params and self.stochastic_rounding)
+
+    @torch.no_grad()
+    def _store_half(self, model: nn.Module, params: list[torch.Tensor]) -> None:
+        dtype = self.policy.param_dtype
+        for param in params:
+            param.grad = None
+            if self.emulate:
+                param.copy_(round_to(param, dtype))  # FP32 storage holding half values
+            else:
+                param.data = param.data.to(dtype)
+        if self.emulate:
+            return
+        for m in model.modules():
+            if isinstance(m, NORM_LAYERS):
+                continue
+            for name, buf in m.named_buffers(recurse=False):
+                if buf.is_floating_point():
+                    setattr(m, name, buf.to(dtype))
+
+    def _add_input_cast_hooks(self, model: nn.Module) -> None:
+        if self.emulate:
+            return  # storage stays FP32: the emulator rounds what it computes
+        compute = self.policy.compute_dtype
+        self._hooks.append(model.register_forward_pre_hook(
+            lambda _m, args: _cast_floats(args, compute)))
+        for m in model.modules():
+            if isinstance(m, NORM_LAYERS):
+                self._hooks.append(m.register_forward_pre_hook(
+                    lambda _m, args: _cast_floats(args, torch.float32)))
+                self._hooks.append(m.register_forward_hook(
+                    lambda _m, _i, out: _cast_floats(out, compute)))
+
+    def remove_hooks(self) -> None:
+        """Remove the casting hooks ``setup`` registered on the model."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    # -- the step protocol ---------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Context for the forward pass and loss: autocast to the compute dtype (mixed and
+        master policies), the emulator (``emulate=True``), or nothing (FP32, ``*-true``)."""
+        if self.emulate and self.policy.compute_dtype != torch.float32:
+            from mixprec.emulate import emulate
+
+            return emulate(self.policy)
+        if self.policy.uses_autocast:
+            device_type = (self.device or torch.device("cpu")).type
+            return torch.autocast(device_type, dtype=self.policy.compute_dtype)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """``(loss * scale).backward()``. Call once per micro-batch; with master weights the
+        gradients accumulate in FP32. No host synchronisation."""
+        if not torch.is_tensor(loss) or loss.numel() != 1:
+            raise ValueError(f"backward expects a scalar loss tensor, got "
+                             f"{type(loss).__name__}{tuple(getattr(loss, 'shape', ()))}: reduce it "
+                             "first (e.g. loss.mean())")
+        self.scaler.scale_loss(loss.float()).backward(**kwargs)
+        self._backward_pending = True
+
+    def _grads(self, optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params, grads = [], []
+        for group in optimizer.param_groups:
+            for q in group["params"]:
+                if q.grad is not None:
+                    if q.grad.is_sparse:
+                        raise ValueError("sparse gradients are not supported by Precision.step")
+                    params.append(q)
+                    grads.append(q.grad)
+        return params, grads
+
+    def step(self, optimizer: torch.optim.Optimizer, max_norm: float | None = None,
+             scheduler: Any = None) -> bool:
+        """Unscale the gradients, clip them to ``max_norm`` (if given), check for inf/NaN,
+        then step ``optimizer`` (and ``scheduler``) or skip, and update the loss scale.
+
+        Returns True when the optimizer stepped. A skipped step leaves parameters, optimizer
+        state and the scheduler untouched. One host synchronisation (the found-inf read).
+        """
+        if self._wants_master_wrapper and not isinstance(optimizer, MasterWeights):
+            raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
+                             "returned by prec.setup(model, optimizer) to step()")
+        params, grads = self._grads(optimizer)
+        if not self._backward_pending:
+            if not grads:
+                raise RuntimeError("no gradients to step on: call prec.backward(loss) before "
+                                   "prec.step(optimizer)")
+            if not isinstance(self.scaler, NoScaler):
+                raise RuntimeError("gradients were produced without prec.backward(loss), so the "
+                                   "loss was not scaled: replace loss.backward() with "
+                                   "prec.backward(loss)")
+        device = grads[0].device if grads else (self.device or torch.device("cpu"))
+        found_inf = torch.zeros(1, dtype=torch.float32, device=device)
+        if grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
+            _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
+        found_inf = self._all_reduce(found_inf)
+        if max_norm is not None and grads:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        skipped = bool(found_inf.item())  # the one host synchronisation per step
+        if not skipped:
+            optimizer.step()
+            self._after_optimizer_step(optimizer)
+            if scheduler is not None:
+                scheduler.step()
+        self.scaler.update(found_inf)
+        self.steps += 1
+        self.skipped_steps += int(skipped)
+        self._backward_pending = False
+        return not skipped
+
+    def _all_reduce(self, found_inf: torch.Tensor) -> torch.Tensor:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1:
+            dist.all_reduce(found_inf, op=dist.ReduceOp.MAX, group=self.process_group)
+        return found_inf
+
+    @torch.no_grad()
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``*-true`` under emulation: round the FP32-stored params to the half format."""
+        p = self.policy
+        if not (self.emulate and p.casts_params) or self._wants_master_wrapper:
+            return
+        fmt = get_format(p.param_dtype)
+        norm_params = {id(q) for m in (self._model.modules() if self._model else ())
+                       if isinstance(m, NORM_LAYERS) for q in m.parameters(recurse=False)}
+        for group in optimizer.param_groups:
+            for q in group["params"]:
+                if id(q) not in norm_params:
+                    q.copy_(round_to(q.float(), fmt).to(q.dtype))
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Policy, scaler state and step counters (the optimizer and model save their own)."""
+        return {"policy": str(self.policy), "emulate": self.emulate,
+                "scaler": self.scaler.state_dict(), "steps": self.steps,
+                "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = Policy.parse(state["policy"])
+        if saved != self.policy:
+            raise ValueError(f"checkpoint was saved with precision '{saved}', this Precision is "
+                             f"'{self.policy}': build Precision('{saved}') to resume it")
+        self.scaler.load_state_dict(state["scaler"])
+        self.steps = int(state["steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+
+    def __repr__(self) -> str:
+        dev = self.device.type if self.device is not None else "unset"
+        return (f"Precision('{self.policy}', device={dev}, scaler={self.scaler!r}, "
+                f"emulate={self.emulate}, compute={dtype_name(self.policy.compute_dtype)})")
+
+    @contextlib.contextmanager
+    def no_autocast(self) -> Iterator[None]:
+        """Run a region in FP32 inside ``autocast()`` (e.g. a numerically sensitive loss)."""
+        device_type = (self.device or torch.device("cpu")).type
+        with torch.autocast(device_type, enabled=False):
+            yield
