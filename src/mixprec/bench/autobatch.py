@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from mixprec.bench.memory import SavedTensorMeter, state_bytes, tensor_bytes
+from mixprec.bench.memory import SavedTensorMeter, format_bytes, state_bytes, tensor_bytes
 from mixprec.bench.step import (
     LossFn,
     OptimizerFn,
@@ -124,7 +124,7 @@ class BatchSearch:
 
 
 def _gib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 2**30:.3f} GiB"
+    return format_bytes(n)
 
 
 def available_ram_bytes() -> int | None:

@@ -20,12 +20,25 @@ import torch
 __all__ = [
     "SavedTensorMeter",
     "StateBytes",
+    "format_bytes",
     "peak_rss_bytes",
     "reset_peak_rss",
     "state_bytes",
     "storage_key",
     "tensor_bytes",
 ]
+
+
+def format_bytes(n: int | float | None) -> str:
+    """``1536`` -> ``"1.50 KiB"``; None -> ``"n/a"``. Binary units (KiB = 1024 B)."""
+    if n is None:
+        return "n/a"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} GiB"
 
 
 def storage_key(t: torch.Tensor) -> tuple[str, int]:

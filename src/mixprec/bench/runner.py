@@ -1,0 +1,423 @@
+"""``bench``: measure every precision on one model and one machine, side by side, in one run.
+
+Phases (all precisions see identical batches: batch ``i`` is drawn once, under
+``torch.manual_seed(seed + 1 + i)``, and reused for every precision):
+
+1. Warm-up and memory, one precision at a time: a fresh model (same seed) runs ``warmup`` untimed
+   steps; the first step's forward and loss run under a ``SavedTensorMeter`` (activations), the
+   persistent state is accounted after each step (largest kept), and the CUDA allocator peak and
+   process peak RSS are read over the warm-up.
+2. Timing, interleaved: the ``steps`` timed steps are split into ``repeats`` rounds; in each
+   round every precision (in a rotated order) runs the same batches back to back, with the
+   device synchronised before each clock and energy reading. Step time is reported as the
+   median, min and max over rounds of (round time / steps in the round).
+3. Largest batch under the budget (``mixprec.bench.autobatch.largest_batch``), per precision.
+
+Convergence parity compares the loss curves of all ``warmup + steps`` steps against ``32``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from mixprec.bench.autobatch import BatchDoesNotFitError, largest_batch
+from mixprec.bench.energy import open_energy_meter
+from mixprec.bench.explain import memory_notes, slowdown_reason
+from mixprec.bench.memory import (
+    SavedTensorMeter,
+    StateBytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+    state_bytes,
+    tensor_bytes,
+)
+from mixprec.bench.result import BenchResult, BenchRow
+from mixprec.bench.step import (
+    LossFn,
+    ModelFn,
+    OptimizerFn,
+    TrainState,
+    build_state,
+    iter_tensors,
+    to_device,
+    train_step,
+)
+from mixprec.policy import Policy
+
+__all__ = ["bench"]
+
+BASELINE = "32"
+TAIL = 5  # steps averaged for the tail loss
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _resolve_policies(precisions: Sequence[Any],
+                      dev: torch.device) -> tuple[list[tuple[str, Policy]], list[str]]:
+    if isinstance(precisions, str):
+        precisions = [p for p in precisions.split(",") if p.strip()]
+    out: list[tuple[str, Policy]] = []
+    notes = []
+    for p in precisions:
+        if isinstance(p, str) and p.strip().lower() == "auto":
+            from mixprec.hardware import auto_policy
+
+            policy, why = auto_policy(dev)
+            notes.append(f"auto -> {policy}: {why}")
+        else:
+            policy = Policy.parse(str(p) if isinstance(p, (int, float)) else p)
+        name = str(policy)
+        if name in [n for n, _ in out]:
+            raise ValueError(f"precision {name!r} is listed twice in precisions={list(precisions)}")
+        out.append((name, policy))
+    if not out:
+        raise ValueError("precisions is empty; e.g. precisions=['32', '16-mixed', 'bf16-mixed']")
+    if BASELINE not in [n for n, _ in out]:
+        out.insert(0, (BASELINE, Policy.parse(BASELINE)))
+        notes.append("added '32' as the baseline every ratio is measured against")
+    return out, notes
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not math.isfinite(a) or not math.isfinite(b) or b == 0:
+        return None
+    return a / b
+
+
+def _budget_args(budget: int | float | str | None,
+                 dev: torch.device) -> tuple[dict[str, Any] | None, str | None]:
+    """(keyword arguments for largest_batch, or None with the reason the search is off)."""
+    if budget is False or budget == 0:
+        return None, "off (budget=0)"
+    if budget is None:
+        if dev.type == "cuda":
+            return {"fraction": 0.6}, None
+        return None, ("not searched: on a CPU give a budget in bytes, e.g. budget=2G "
+                      "(bench(..., budget=2 * 2**30))")
+    if isinstance(budget, str):
+        budget = parse_bytes(budget)
+    if isinstance(budget, float) and 0 < budget <= 1:
+        return {"fraction": float(budget)}, None
+    if isinstance(budget, (int, float)) and budget > 1:
+        return {"budget_bytes": int(budget)}, None
+    raise ValueError(f"budget={budget!r}: give bytes (an int, or text like '2G', '512M') or a "
+                     "fraction of the device memory in (0, 1]")
+
+
+def parse_bytes(text: str) -> int | float:
+    """``"2G"``/``"2GiB"``/``"512M"``/``"1e9"``/``"0.6"`` -> bytes (int) or a fraction (float)."""
+    s = str(text).strip().lower().replace("ib", "").replace("b", "")
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        value = float(s)
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a memory size; use e.g. 2G, 512M, 1000000000 "
+                         "or a fraction like 0.6") from None
+    return value if value <= 1 else int(value)
+
+
+class _Batches:
+    """Batch ``i`` drawn once under ``manual_seed(seed + 1 + i)`` (global RNG restored) and
+    kept on the device until ``forget``."""
+
+    def __init__(self, batch_fn: Callable[[int], Any], batch_size: int, seed: int,
+                 dev: torch.device) -> None:
+        self._fn, self._bs, self._seed, self._dev = batch_fn, batch_size, seed, dev
+        self._cache: dict[int, tuple[Any, Any]] = {}
+
+    def __call__(self, i: int) -> tuple[Any, Any]:
+        if i not in self._cache:
+            devices = [self._dev.index or 0] if self._dev.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self._seed + 1 + i)
+                batch = self._fn(self._bs)
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise ValueError("batch_fn(batch_size) must return (inputs, targets), got "
+                                 f"{type(batch).__name__}")
+            self._cache[i] = to_device(tuple(batch), self._dev)
+        return self._cache[i]
+
+    def forget(self, keep: Sequence[int] = ()) -> None:
+        self._cache = {i: b for i, b in self._cache.items() if i in keep}
+
+
+def _warmup_and_memory(state: TrainState, batches: _Batches, loss_fn: LossFn, warmup: int,
+                       dev: torch.device, cuda_base: int) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    losses = []
+    largest: StateBytes | None = None
+    meter: SavedTensorMeter | None = None
+    data_bytes = 0
+    for i in range(warmup):
+        inputs, targets = batches(i)
+        if i == 0:
+            data = list(iter_tensors((inputs, targets)))
+            data_bytes = tensor_bytes(data)
+            meter = SavedTensorMeter(state.model, exclude=data)
+        loss, _ = train_step(state, inputs, targets, loss_fn, meter=meter if i == 0 else None)
+        sb = state_bytes(state.model, state.optimizer)
+        if largest is None or sb.total > largest.total:
+            largest = sb
+        state.optimizer.zero_grad(set_to_none=True)
+        losses.append(loss)
+    _sync(dev)
+    assert largest is not None and meter is not None
+    memory: dict[str, Any] = largest.as_dict()
+    memory.update(activations=meter.activation_bytes, casts=meter.cast_bytes, batch=data_bytes)
+    memory["total"] = largest.total + meter.activation_bytes + meter.cast_bytes + data_bytes
+    memory["cuda_peak"] = (torch.cuda.max_memory_allocated(dev) - cuda_base
+                           if dev.type == "cuda" else None)
+    return memory, losses
+
+
+def bench(
+    model_fn: ModelFn,
+    batch_fn: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    *,
+    precisions: Sequence[Any] = ("32", "16-mixed", "bf16-mixed"),
+    batch_size: int = 16,
+    steps: int = 20,
+    warmup: int = 3,
+    repeats: int = 5,
+    device: str | torch.device | None = None,
+    optimizer_fn: OptimizerFn | None = None,
+    seed: int = 0,
+    emulate: bool = False,
+    budget: int | float | str | None = None,
+    max_batch: int = 1024,
+    energy: bool = True,
+    model_name: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Measure ``precisions`` on ``model_fn()`` side by side; returns a ``BenchResult``.
+
+    ``model_fn()``: a fresh FP32 ``nn.Module`` (called once per precision under the same seed).
+    ``batch_fn(batch_size) -> (inputs, targets)``: tensors (or lists/dicts of them) on any
+    device; a tuple/list ``inputs`` is unpacked into the model call, a dict passed as keywords.
+    ``loss_fn(outputs, targets) -> scalar tensor``. ``optimizer_fn(params)``: default AdamW(1e-3).
+    ``precisions``: preset names, key strings, Policies or ``"auto"``; ``"32"`` is added as the
+    baseline if absent. ``steps`` timed steps per precision after ``warmup`` untimed ones (>= 1;
+    memory is measured during warm-up), split into ``repeats`` rounds. ``emulate``: run the
+    numerics through ``mixprec.emulate`` (FP32 storage: memory and speed are then the
+    emulator's). ``budget``: bytes (int or ``"2G"``) or a fraction of CUDA memory for the
+    largest-batch search; ``None`` searches at 0.6 of the memory on CUDA and skips it on CPU;
+    ``0`` turns it off. ``log``: called with progress lines (e.g. ``print``).
+
+    Synchronises with the device around every timed round and reads losses back once per round.
+    A precision that fails (e.g. unsupported on the device) becomes a ``failed`` row with the
+    error; a failing ``32`` baseline raises.
+    """
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1 (memory is measured in the warm-up), got {warmup}")
+    if repeats < 1 or steps < repeats:
+        raise ValueError(f"need 1 <= repeats <= steps, got steps={steps}, repeats={repeats}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    say = log or (lambda _msg: None)
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    policies, config_notes = _resolve_policies(precisions, dev)
+    search_args, search_off = _budget_args(budget, dev)
+
+    from mixprec.hardware import describe_device
+
+    env = describe_device(dev)
+    meter, energy_reason = (open_energy_meter(dev) if energy
+                            else (None, "energy measurement off (energy=False)"))
+    env["energy_source"] = meter.source if meter is not None else None
+    rows = {name: BenchRow(precision=name, numerics="emulated" if emulate else "real")
+            for name, _ in policies}
+    states: dict[str, TrainState] = {}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name, _ in policies}
+    batches = _Batches(batch_fn, batch_size, seed, dev)
+
+    def fail(name: str, err: BaseException, phase: str) -> None:
+        if name == BASELINE:
+            raise err
+        rows[name].status = "failed"
+        rows[name].error = f"{phase}: {type(err).__name__}: {err}"
+        states.pop(name, None)
+        say(f"  {name}: failed in {phase}: {type(err).__name__}: {err}")
+
+    # 1. warm-up and memory, one precision at a time
+    for name, policy in policies:
+        say(f"warm-up + memory: {name}")
+        gc.collect()
+        cuda_base = 0
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.empty_cache()
+            cuda_base = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        rss_note = reset_peak_rss()
+        try:
+            state = build_state(model_fn, policy, dev, optimizer_fn=optimizer_fn, seed=seed,
+                                emulate=emulate)
+            memory, warm_losses = _warmup_and_memory(state, batches, loss_fn, warmup, dev,
+                                                     cuda_base)
+        except Exception as err:
+            fail(name, err, "warm-up")
+            continue
+        memory["peak_rss"] = peak_rss_bytes()
+        memory["peak_rss_note"] = rss_note
+        rows[name].memory = memory
+        losses[name].extend(warm_losses)
+        states[name] = state
+    batches.forget()
+
+    # 2. timing, interleaved round by round
+    sizes = [steps // repeats + (1 if r < steps % repeats else 0) for r in range(repeats)]
+    per_round: dict[str, list[float]] = {name: [] for name, _ in policies}
+    joules: dict[str, float] = dict.fromkeys(per_round, 0.0)
+    timed_steps: dict[str, int] = dict.fromkeys(per_round, 0)
+    first = warmup
+    for r, k in enumerate(sizes):
+        idx = range(first, first + k)
+        alive = [name for name, _ in policies if name in states]
+        order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
+        say(f"timing round {r + 1}/{repeats}: {k} steps x {len(order)} precisions")
+        for name in order:
+            state = states[name]
+            try:
+                round_batches = [batches(i) for i in idx]
+                _sync(dev)
+                e0 = meter.sample() if meter is not None else None
+                t0 = time.perf_counter()
+                for inputs, targets in round_batches:
+                    loss, _ = train_step(state, inputs, targets, loss_fn)
+                    state.optimizer.zero_grad(set_to_none=True)
+                    losses[name].append(loss)
+                _sync(dev)
+                t1 = time.perf_counter()
+                if meter is not None:
+                    joules[name] += meter.joules(e0, meter.sample())
+            except Exception as err:
+                fail(name, err, f"timing round {r + 1}")
+                continue
+            per_round[name].append((t1 - t0) / k)
+            timed_steps[name] += k
+        batches.forget()
+        first += k
+
+    # convergence and scaler figures, read back once
+    loss_values: dict[str, list[float]] = {}
+    for name, state in states.items():
+        curve = torch.stack([x.float().reshape(()) for x in losses[name]]).cpu().tolist()
+        loss_values[name] = curve
+        rows[name].convergence = {
+            "losses": curve, "final_loss": curve[-1],
+            "tail_mean": statistics.fmean(curve[-TAIL:]),
+            "final_ratio": None, "tail_ratio": None,
+            "skipped_steps": int(state.precision.skipped_steps),
+            "loss_scale": float(state.precision.scaler.scale)}
+    states.clear()
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # 3. largest batch under the budget
+    for name, policy in policies:
+        if rows[name].status != "ok":
+            continue
+        if search_args is None:
+            rows[name].largest_batch = {"batch": None, "reason": search_off}
+            continue
+        say(f"largest batch: {name}")
+        try:
+            found = largest_batch(model_fn, batches_for_search(batch_fn, seed, dev), loss_fn,
+                                  precision=policy, device=dev, optimizer_fn=optimizer_fn,
+                                  max_batch=max_batch, emulate=emulate, **search_args)
+            rows[name].largest_batch = {**found.as_dict(), "reason": found.reason, "ratio": None}
+        except BatchDoesNotFitError as err:
+            rows[name].largest_batch = {"batch": None, "reason": str(err), "ratio": None}
+        except Exception as err:
+            fail(name, err, "largest-batch search")
+
+    _finish_rows(rows, dict(policies), env, energy_reason, meter, joules, per_round, timed_steps,
+                 batch_size, emulate)
+    config = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
+              "seed": seed, "emulate": emulate, "device": str(dev),
+              "optimizer": _optimizer_name(optimizer_fn), "budget": budget if budget is None
+              or isinstance(budget, (int, float, str)) else str(budget),
+              "max_batch": max_batch, "model": model_name, "notes": config_notes}
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return BenchResult(rows=[rows[n] for n, _ in policies], environment=env, config=config,
+                       created=created, baseline=BASELINE)
+
+
+def batches_for_search(batch_fn: Callable[[int], Any], seed: int,
+                       dev: torch.device) -> Callable[[int], Any]:
+    """``batch_fn`` seeded like the timed batches, for the batch-size search."""
+    def draw(batch_size: int) -> Any:
+        return _Batches(batch_fn, batch_size, seed, dev)(0)
+
+    return draw
+
+
+def _optimizer_name(optimizer_fn: OptimizerFn | None) -> str:
+    if optimizer_fn is None:
+        return "AdamW(lr=1e-3)"
+    return getattr(optimizer_fn, "__name__", type(optimizer_fn).__name__)
+
+
+def _finish_rows(rows: dict[str, BenchRow], policies: dict[str, Policy], env: dict[str, Any],
+                 energy_reason: str | None, meter: Any, joules: dict[str, float],
+                 per_round: dict[str, list[float]], timed_steps: dict[str, int], batch_size: int,
+                 emulate: bool) -> None:
+    base = rows[BASELINE]
+    base_median = statistics.median(per_round[BASELINE])
+    base_mem = base.memory or {}
+    base_conv = base.convergence or {}
+    base_batch = (base.largest_batch or {}).get("batch")
+    for name, row in rows.items():
+        if row.status != "ok":
+            continue
+        times = per_round[name]
+        median = statistics.median(times)
+        row.step_time = {"median": median, "min": min(times), "max": max(times),
+                         "per_repeat": times, "steps_timed": timed_steps[name]}
+        row.throughput = batch_size / median if median > 0 else None
+        row.speedup = _ratio(base_median, median)
+        mem = row.memory or {}
+        mem["total_ratio"] = _ratio(mem.get("total"), base_mem.get("total"))
+        mem["activation_ratio"] = _ratio(mem.get("activations"), base_mem.get("activations"))
+        conv = row.convergence or {}
+        conv["final_ratio"] = _ratio(conv.get("final_loss"), base_conv.get("final_loss"))
+        conv["tail_ratio"] = _ratio(conv.get("tail_mean"), base_conv.get("tail_mean"))
+        if row.largest_batch is not None and row.largest_batch.get("batch") is not None:
+            row.largest_batch["ratio"] = _ratio(row.largest_batch["batch"], base_batch)
+        if meter is not None and joules[name] > 0:
+            row.energy = {"joules_per_step": joules[name] / timed_steps[name],
+                          "source": meter.source, "reason": None}
+        elif meter is not None:
+            row.energy = {"joules_per_step": None, "source": meter.source,
+                          "reason": "the energy counter did not advance during the timed steps "
+                                    "(its resolution is coarser than this run): use more steps"}
+        else:
+            row.energy = {"joules_per_step": None, "source": None, "reason": energy_reason}
+        policy = policies[name]
+        if name != BASELINE and row.speedup is not None and row.speedup < 1.0:
+            row.notes.append(f"slower than FP32 ({row.speedup:.2f}x): "
+                             f"{slowdown_reason(policy, env, emulate)}")
+        if name != BASELINE:
+            row.notes.extend(memory_notes(policy, mem.get("total_ratio"),
+                                          mem.get("activation_ratio"), emulate))
+        skipped = conv.get("skipped_steps") or 0
+        if skipped:
+            row.notes.append(f"{skipped} step(s) skipped by the loss scaler (inf/NaN gradients; "
+                             "normal while a dynamic scale settles)")
+        if conv.get("final_loss") is None or not math.isfinite(conv.get("final_loss", math.nan)):
+            row.notes.append("the loss became non-finite: this precision diverged")
