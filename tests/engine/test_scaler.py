@@ -89,7 +89,8 @@ def test_growth_never_reaches_inf_without_ceiling():
 
 @pytest.mark.parametrize("factory", [
     lambda: mp.NoScaler(), lambda: mp.StaticScaler(1024.0),
-    lambda: mp.DynamicScaler(init_scale=64.0, growth_interval=3, hysteresis=2, min_scale=1.0, max_scale=2**20),
+    lambda: mp.DynamicScaler(init_scale=64.0, growth_interval=3, hysteresis=2, min_scale=1.0,
+                             max_scale=2**20),
 ])
 def test_state_dict_round_trips_every_field(factory):
     a = factory()
