@@ -248,9 +248,13 @@ def largest_batch(
     state = build_state(make_model, precision, dev, optimizer_fn=optimizer_fn, emulate=emulate)
     if measure == "accounted":
         inputs, targets = to_device(batch_fn(1), dev)
-        train_step(state, inputs, targets, loss_fn)  # creates gradients and optimizer state
-        static = state_bytes(state.model, state.optimizer).total
-        state.optimizer.zero_grad(set_to_none=True)  # grads stay counted in `static`
+        static = 0
+        for _ in range(32):  # until a step is applied (a dynamic scaler may skip the first ones)
+            _, applied = train_step(state, inputs, targets, loss_fn)
+            static = max(static, state_bytes(state.model, state.optimizer).total)
+            state.optimizer.zero_grad(set_to_none=True)  # grads stay counted in `static`
+            if applied:
+                break
         probe: Callable[[int], int | None] = _accounted_probe(state, batch_fn, loss_fn, static)
     else:
         probe = _allocator_probe(state, batch_fn, loss_fn, base)

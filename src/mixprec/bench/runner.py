@@ -154,32 +154,35 @@ class _Batches:
         self._cache = {i: b for i, b in self._cache.items() if i in keep}
 
 
-def _warmup_and_memory(state: TrainState, batches: _Batches, loss_fn: LossFn, warmup: int,
-                       dev: torch.device, cuda_base: int) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    losses = []
+MAX_MEMORY_STEPS = 32  # a dynamic scaler halves per skipped step: 2**16 reaches 1 in 16 steps
+
+
+def measure_memory(state: TrainState, batch: tuple[Any, Any], loss_fn: LossFn,
+                   dev: torch.device) -> dict[str, Any]:
+    """Byte breakdown of one training step of ``state`` on ``batch`` (throwaway state: it is
+    stepped until the optimizer has applied a step, so its state exists, at most
+    ``MAX_MEMORY_STEPS`` times). Activations and casts come from the first forward+loss."""
+    inputs, targets = batch
+    data = list(iter_tensors((inputs, targets)))
+    meter = SavedTensorMeter(state.model, exclude=data)
     largest: StateBytes | None = None
-    meter: SavedTensorMeter | None = None
-    data_bytes = 0
-    for i in range(warmup):
-        inputs, targets = batches(i)
-        if i == 0:
-            data = list(iter_tensors((inputs, targets)))
-            data_bytes = tensor_bytes(data)
-            meter = SavedTensorMeter(state.model, exclude=data)
-        loss, _ = train_step(state, inputs, targets, loss_fn, meter=meter if i == 0 else None)
+    applied = False
+    tries = 0
+    while not applied and tries < MAX_MEMORY_STEPS:
+        _, applied = train_step(state, inputs, targets, loss_fn, meter=meter if tries == 0 else None)
         sb = state_bytes(state.model, state.optimizer)
         if largest is None or sb.total > largest.total:
             largest = sb
         state.optimizer.zero_grad(set_to_none=True)
-        losses.append(loss)
+        tries += 1
     _sync(dev)
-    assert largest is not None and meter is not None
+    assert largest is not None
     memory: dict[str, Any] = largest.as_dict()
-    memory.update(activations=meter.activation_bytes, casts=meter.cast_bytes, batch=data_bytes)
-    memory["total"] = largest.total + meter.activation_bytes + meter.cast_bytes + data_bytes
-    memory["cuda_peak"] = (torch.cuda.max_memory_allocated(dev) - cuda_base
-                           if dev.type == "cuda" else None)
-    return memory, losses
+    batch_bytes = tensor_bytes(data)
+    memory.update(activations=meter.activation_bytes, casts=meter.cast_bytes, batch=batch_bytes)
+    memory["total"] = largest.total + meter.activation_bytes + meter.cast_bytes + batch_bytes
+    memory["steps_to_first_update"] = tries if applied else None
+    return memory
 
 
 def bench(
@@ -252,9 +255,9 @@ def bench(
         states.pop(name, None)
         say(f"  {name}: failed in {phase}: {type(err).__name__}: {err}")
 
-    # 1. warm-up and memory, one precision at a time
+    # 1. memory (throwaway state) and warm-up (the timed state), one precision at a time
     for name, policy in policies:
-        say(f"warm-up + memory: {name}")
+        say(f"memory + warm-up: {name}")
         gc.collect()
         cuda_base = 0
         if dev.type == "cuda":
@@ -264,17 +267,33 @@ def bench(
             torch.cuda.reset_peak_memory_stats(dev)
         rss_note = reset_peak_rss()
         try:
+            probe = build_state(model_fn, policy, dev, optimizer_fn=optimizer_fn, seed=seed,
+                                emulate=emulate)
+            memory = measure_memory(probe, batches(0), loss_fn, dev)
+            memory["cuda_peak"] = (torch.cuda.max_memory_allocated(dev) - cuda_base
+                                   if dev.type == "cuda" else None)
+            memory["peak_rss"] = peak_rss_bytes()
+            memory["peak_rss_note"] = rss_note
+            del probe
             state = build_state(model_fn, policy, dev, optimizer_fn=optimizer_fn, seed=seed,
                                 emulate=emulate)
-            memory, warm_losses = _warmup_and_memory(state, batches, loss_fn, warmup, dev,
-                                                     cuda_base)
+            for i in range(warmup):
+                loss, _ = train_step(state, *batches(i), loss_fn)
+                state.optimizer.zero_grad(set_to_none=True)
+                losses[name].append(loss)
         except Exception as err:
-            fail(name, err, "warm-up")
+            fail(name, err, "memory/warm-up")
             continue
-        memory["peak_rss"] = peak_rss_bytes()
-        memory["peak_rss_note"] = rss_note
+        first_update = memory.pop("steps_to_first_update")
+        if first_update is None:
+            rows[name].notes.append(
+                f"no optimizer step was applied in {MAX_MEMORY_STEPS} tries (every step "
+                "overflowed), so the optimizer state is missing from the memory figures")
+        elif first_update > 1:
+            rows[name].notes.append(
+                f"memory: the loss scaler skipped {first_update - 1} step(s) before the first "
+                "update; figures are from the state after it")
         rows[name].memory = memory
-        losses[name].extend(warm_losses)
         states[name] = state
     batches.forget()
 
