@@ -1,0 +1,1 @@
+"""``mixprec train|val|predict`` command modules (see ``mixprec.cli``)."""

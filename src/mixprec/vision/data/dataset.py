@@ -1,0 +1,160 @@
+"""``DetectionDataset`` and ``build_dataloader``: YOLO-format images and labels to batches.
+
+A batch is a dict: ``images`` uint8 (B, 3, S, S); ``targets`` FP32 (N, 6) rows
+``[image_index, class, cx, cy, w, h]`` normalised to S; ``paths``; ``shapes`` (original
+width, height); ``ratio_pad`` (scale, (left, top)) to map boxes back to the original image.
+Augmentation of sample ``i`` in epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e,
+i])`` and shuffling from ``seed + e``, so a run (and a resumed run) is reproducible with any
+number of workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mixprec.vision.data import augment as A
+from mixprec.vision.data.config import DataConfig, image_files, label_path
+from mixprec.vision.data.labels import LabelIndex, scan
+
+__all__ = ["AugmentConfig", "DetectionDataset", "EpochSampler", "build_dataloader", "collate"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (YOLO's defaults); ``mosaic``/``fliplr`` are probabilities."""
+
+    mosaic: float = 1.0
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    fliplr: float = 0.5
+
+
+class DetectionDataset(Dataset):
+    def __init__(self, index: LabelIndex, imgsz: int, augment: AugmentConfig | None = None,
+                 seed: int = 0):
+        if not index.images:
+            raise ValueError("no usable images in this split (see the warnings above)")
+        self.index, self.imgsz, self.aug, self.seed = index, imgsz, augment, seed
+        self.epoch = 0
+        self.mosaic_on = augment is not None and augment.mosaic > 0
+
+    def __len__(self) -> int:
+        return len(self.index.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def close_mosaic(self) -> None:
+        self.mosaic_on = False
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        img, (w0, h0) = A.load_resized(self.index.images[i], self.imgsz)
+        lab = self.index.labels[i].copy()
+        h, w = img.shape[:2]
+        xyxy = np.zeros((len(lab), 5), np.float32)
+        xyxy[:, 0] = lab[:, 0]
+        xyxy[:, 1] = (lab[:, 1] - lab[:, 3] / 2) * w
+        xyxy[:, 2] = (lab[:, 2] - lab[:, 4] / 2) * h
+        xyxy[:, 3] = (lab[:, 1] + lab[:, 3] / 2) * w
+        xyxy[:, 4] = (lab[:, 2] + lab[:, 4] / 2) * h
+        return img, xyxy, (w0, h0)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s, aug = self.imgsz, self.aug
+        if aug is None:
+            img, lab, shape = self._load(i)
+            out, r, pad = A.letterbox(img, s)
+            lab[:, [1, 3]] = lab[:, [1, 3]] * r + pad[0]
+            lab[:, [2, 4]] = lab[:, [2, 4]] * r + pad[1]
+            # original px -> letterboxed px: x * ratio + pad
+            ratio_pad = (max(img.shape[:2]) / max(shape) * r, pad)
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            if self.mosaic_on and rng.random() < aug.mosaic:
+                picks = [i, *rng.integers(0, len(self), 3).tolist()]
+                loaded = [self._load(j) for j in picks]
+                img, lab = A.mosaic4([x[0] for x in loaded], [x[1] for x in loaded], s, rng)
+                border_img = img
+            else:
+                img, lab, _ = self._load(i)
+                border_img = A.letterbox(img, s)[0]
+                h, w = img.shape[:2]
+                lab[:, [1, 3]] += (s - w) // 2
+                lab[:, [2, 4]] += (s - h) // 2
+            out, lab = A.random_affine(border_img, lab, s, rng, aug.degrees, aug.translate,
+                                       aug.scale)
+            out = A.augment_hsv(out, rng, aug.hsv_h, aug.hsv_s, aug.hsv_v)
+            if rng.random() < aug.fliplr:
+                out, lab = A.fliplr(out, lab)
+            shape, ratio_pad = (s, s), (1.0, (0.0, 0.0))
+        n = len(lab)
+        targets = torch.zeros(n, 6)
+        if n:
+            t = torch.from_numpy(lab)
+            targets[:, 1] = t[:, 0]
+            targets[:, 2] = (t[:, 1] + t[:, 3]) / 2 / s
+            targets[:, 3] = (t[:, 2] + t[:, 4]) / 2 / s
+            targets[:, 4] = (t[:, 3] - t[:, 1]) / s
+            targets[:, 5] = (t[:, 4] - t[:, 2]) / s
+        image = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+        return {"image": image, "targets": targets, "path": str(self.index.images[i]), "index": i,
+                "shape": shape, "ratio_pad": ratio_pad}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    targets = [s["targets"].clone() for s in samples]
+    for i, t in enumerate(targets):
+        t[:, 0] = i
+    return {"images": torch.stack([s["image"] for s in samples]),
+            "targets": torch.cat(targets, 0),
+            "paths": [s["path"] for s in samples],
+            "indices": [s["index"] for s in samples],
+            "shapes": [s["shape"] for s in samples],
+            "ratio_pad": [s["ratio_pad"] for s in samples]}
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled (seeded by ``seed + epoch``) or sequential indices."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def build_dataloader(data: DataConfig, split: str, imgsz: int, batch: int, train: bool,
+                     workers: int = 0, seed: int = 0,
+                     augment: AugmentConfig | None = None) -> DataLoader:
+    """A DataLoader over ``split`` ("train", "val" or "test") of ``data``. Training loaders
+    shuffle and augment (``augment`` or YOLO's defaults); others letterbox only. Call
+    ``set_epoch(e)`` on ``loader.dataset`` and ``loader.sampler`` before each epoch."""
+    if split not in data.splits:
+        raise ValueError(f"data YAML {data.yaml_path} has no '{split}' split")
+    images = image_files(data.splits[split])
+    if not images:
+        raise ValueError(f"no images found for '{split}' in {data.splits[split]}")
+    cache = label_path(images[0]).parent.with_suffix(".cache")
+    index = scan(images, data.nc, cache, prefix=f"{split}: ")
+    ds = DetectionDataset(index, imgsz, (augment or AugmentConfig()) if train else None, seed)
+    sampler = EpochSampler(len(ds), shuffle=train, seed=seed)
+    return DataLoader(ds, batch_size=min(batch, len(ds)), sampler=sampler, num_workers=workers,
+                      collate_fn=collate, drop_last=False, persistent_workers=False)

@@ -1,0 +1,103 @@
+"""``Model``: the public facade, in the conventions YOLO users know.
+
+    model = Model("det-n.yaml")                      # or a run's weights/best.pt
+    model.train(data="shapes8.yaml", epochs=5, imgsz=640, amp=True)
+    metrics = model.val(data="shapes8.yaml")        # metrics.box.map50, metrics.box.map
+    results = model.predict("image.jpg")             # boxes, scores, classes per image
+
+``model.model`` is the ``torch.nn.Module``; ``model.loss()`` its loss callable;
+``model.dataloader(...)`` a batch iterator; ``model.info()`` prints layers, parameters, GFLOPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from mixprec.vision.cfg import VAL_KEYS, check_keys
+from mixprec.vision.data import build_dataloader, load_data_config
+from mixprec.vision.loss import DetectionLoss
+from mixprec.vision.models import DetectionModel, load_model_yaml, model_info
+from mixprec.vision.precision_choice import choose_precision, select_device
+from mixprec.vision.predict import Detections, predict
+from mixprec.vision.run import increment_path
+from mixprec.vision.trainer import TrainResult, load_weights, train
+from mixprec.vision.validate import ValResults, validate
+
+__all__ = ["Model"]
+
+
+class Model:
+    def __init__(self, source: str | Path = "det-n.yaml", nc: int | None = None):
+        self.source = str(source)
+        if self.source.endswith(".pt"):
+            self.model, self.ckpt = load_weights(self.source)
+        else:
+            self.model, self.ckpt = DetectionModel(load_model_yaml(self.source), nc=nc), None
+        self.last_train: TrainResult | None = None
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.model.names
+
+    def info(self, imgsz: int = 640, verbose: bool = True) -> dict[str, Any]:
+        """Print (and return) layers, parameters, gradients and GFLOPs at ``imgsz``."""
+        return model_info(self.model, imgsz, verbose)
+
+    def loss(self, **gains: float) -> DetectionLoss:
+        """The loss callable: ``loss(maps, targets) -> (scalar, (box, cls, dfl))``."""
+        return DetectionLoss(self.model, **gains)
+
+    def dataloader(self, data: str = "shapes8.yaml", split: str = "train", imgsz: int = 640,
+                   batch: int = 16, augment: bool = True, workers: int = 0, seed: int = 0,
+                   datasets_dir: str = "datasets") -> DataLoader:
+        """Batches of ``data``/``split`` (see ``mixprec.vision.data.build_dataloader``)."""
+        cfg = load_data_config(data, datasets_dir)
+        return build_dataloader(cfg, split, imgsz, batch, augment, workers, seed)
+
+    def train(self, callbacks: dict[str, Callable] | None = None, **kwargs: Any) -> ValResults | None:
+        """Train (keys as ``mixprec train --help``); afterwards this Model holds best.pt."""
+        kwargs.setdefault("model", self.source)
+        result = train(kwargs, callbacks=callbacks)
+        self.last_train = result
+        if result.best.is_file():
+            self.model, self.ckpt = load_weights(result.best)
+            self.source = str(result.best)
+        return result.metrics
+
+    def val(self, **kwargs: Any) -> ValResults:
+        """Validate on ``data`` (default: the data this model was trained on)."""
+        if "data" not in kwargs and self.ckpt is not None:
+            kwargs["data"] = self.ckpt["args"]["data"]
+        a = check_keys({"model": self.source, **kwargs}, VAL_KEYS, "val")
+        device = select_device(a["device"])
+        prec, _ = choose_precision(a["amp"], device, a["emulate"])
+        data = load_data_config(a["data"], a["datasets_dir"])
+        if self.model.nc != data.nc:
+            raise ValueError(f"model has {self.model.nc} classes, data {a['data']} has {data.nc}")
+        loader = build_dataloader(data, a["split"], int(a["imgsz"]), int(a["batch"]), False,
+                                  int(a["workers"]))
+        save_dir = None
+        if a["save_json"] or a["plots"]:
+            save_dir = increment_path(a["project"], a["name"], a["exist_ok"])
+            save_dir.mkdir(parents=True, exist_ok=True)
+        self.model.to(device)
+        return validate(self.model, loader, data.names, prec.autocast, None, a["conf"], a["iou"],
+                        a["max_det"], save_dir, a["save_json"], a["plots"], per_class=True,
+                        verbose=a["verbose"])
+
+    def predict(self, source: Any, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
+                max_det: int = 300, save: bool = False, project: str = "runs/detect",
+                name: str = "predict", exist_ok: bool = False) -> list[Detections]:
+        """Detections for an image path, a folder, an array or a list of them; ``save=True``
+        writes annotated images to ``project/name``."""
+        save_dir = increment_path(project, name, exist_ok) if save else None
+        if save_dir is not None:
+            save_dir.mkdir(parents=True, exist_ok=True)
+        return predict(self.model, source, imgsz, conf, iou, max_det, save_dir)
+
+    def __repr__(self) -> str:
+        return f"Model({self.source!r}, nc={self.model.nc})"

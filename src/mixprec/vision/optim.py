@@ -1,0 +1,137 @@
+"""Optimizer, learning-rate schedule and weight EMA for the detection trainer.
+
+``build_optimizer``: three parameter groups as YOLO uses them (conv/linear weights with decay,
+normalisation weights and biases without). ``Schedule``: warmup then cosine or linear decay,
+advanced once per *taken* optimizer step (pass it to ``prec.step(..., scheduler=...)``, so a
+skipped step never advances it). ``ModelEMA``: an FP32 exponential moving average of the
+weights, updated after each taken step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ModelEMA", "Schedule", "build_optimizer", "resolve_optimizer"]
+
+
+def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
+                      iterations: int) -> tuple[str, float, float, str]:
+    """``optimizer=auto``: SGD(lr 0.01, momentum 0.9) for runs over 10,000 optimizer steps,
+    else AdamW(lr = 0.002 * 5 / (4 + nc), momentum 0.9), as Ultralytics 8.x chooses. Returns
+    (name, lr0, momentum, a sentence explaining the choice)."""
+    if name.lower() != "auto":
+        if name.lower() not in ("sgd", "adamw", "adam"):
+            raise ValueError(f"optimizer={name!r} is not supported; use SGD, AdamW, Adam or auto")
+        return name, lr0, momentum, f"{name}(lr={lr0}, momentum={momentum})"
+    if iterations > 10_000:
+        return "SGD", 0.01, 0.9, ("'optimizer=auto' found, ignoring lr0 and momentum: SGD(lr=0.01, "
+                                 f"momentum=0.9) for {iterations} iterations (> 10,000)")
+    lr = round(0.002 * 5 / (4 + nc), 6)
+    return "AdamW", lr, 0.9, (f"'optimizer=auto' found, ignoring lr0 and momentum: AdamW(lr={lr}, "
+                              f"momentum=0.9) for {iterations} iterations (<= 10,000), {nc} classes")
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or Adam/AdamW over groups 0: weights (decay), 1: norm weights, 2: biases."""
+    decay, norm, bias = [], [], []
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if pname == "bias":
+                bias.append(p)
+            elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+                norm.append(p)
+            else:
+                decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "weight"},
+              {"params": norm, "weight_decay": 0.0, "name": "norm"},
+              {"params": bias, "weight_decay": 0.0, "name": "bias"}]
+    key = name.lower()
+    if key == "sgd":
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    elif key in ("adam", "adamw"):
+        cls = torch.optim.AdamW if key == "adamw" else torch.optim.Adam
+        opt = cls(groups, lr=lr, betas=(momentum, 0.999))
+    else:
+        raise ValueError(f"optimizer={name!r} is not supported; use SGD, AdamW, Adam or auto")
+    for g in opt.param_groups:
+        g["initial_lr"] = lr
+    return opt
+
+
+class Schedule:
+    """Per-step LR and momentum: during the first ``warmup`` steps the bias group's LR falls
+    from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and momentum rises
+    from ``warmup_momentum``; then ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to
+    ``lrf`` over ``total`` steps. ``step()`` advances one taken optimizer step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, lrf: float, total: int,
+                 warmup: int, cos: bool = False, warmup_bias_lr: float = 0.1,
+                 warmup_momentum: float = 0.8, momentum: float = 0.937):
+        self.optimizer, self.lr0, self.lrf = optimizer, lr0, lrf
+        self.total, self.warmup, self.cos = max(total, 1), warmup, cos
+        self.warmup_bias_lr, self.warmup_momentum, self.momentum = (
+            warmup_bias_lr, warmup_momentum, momentum)
+        self.count = 0
+        self.apply()
+
+    def factor(self, t: int) -> float:
+        x = min(t / self.total, 1.0)
+        if self.cos:
+            return ((1 - math.cos(x * math.pi)) / 2) * (self.lrf - 1) + 1
+        return (1 - x) * (1.0 - self.lrf) + self.lrf
+
+    def apply(self) -> None:
+        base = self.lr0 * self.factor(self.count)
+        w = self.count / self.warmup if self.count < self.warmup else 1.0
+        for g in self.optimizer.param_groups:
+            start = self.warmup_bias_lr if g.get("name") == "bias" else 0.0
+            g["lr"] = start + (base - start) * w
+            mom = self.warmup_momentum + (self.momentum - self.warmup_momentum) * w
+            if "momentum" in g:
+                g["momentum"] = mom
+            elif "betas" in g:
+                g["betas"] = (mom, g["betas"][1])
+
+    def step(self) -> None:
+        self.count += 1
+        self.apply()
+
+    def lrs(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])
+        self.apply()
+
+
+class ModelEMA:
+    """FP32 exponential moving average of a model's floating state (parameters and buffers).
+    Effective decay ``decay * (1 - exp(-updates / tau))`` ramps up, so early steps count less.
+    ``update`` runs on the device of the model; no host synchronisation."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0,
+                 updates: int = 0):
+        self.ema = copy.deepcopy(model).float().eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        src = model.state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(src[k].detach().float(), alpha=1 - d)
+            else:
+                v.copy_(src[k])
