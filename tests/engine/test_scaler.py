@@ -28,6 +28,24 @@ def test_dynamic_update_equals_torch_kernel_for_default_settings():
     assert grew >= 1 and backed >= 1  # the pattern exercised both branches
 
 
+@pytest.mark.parametrize(("min_scale", "max_scale"), [(None, None), (2.0**14, 2.0**17), (None, 2.0**16)])
+def test_fused_update_path_equals_the_pure_rule(min_scale, max_scale):
+    """hysteresis=1 runs torch's fused kernel plus a clamp: it must follow dynamic_update."""
+    g = torch.Generator().manual_seed(1)
+    overflow = torch.rand(600, generator=g) < 0.2
+    fused = mp.DynamicScaler(init_scale=2.0**16, growth_interval=3, min_scale=min_scale,
+                             max_scale=max_scale)
+    config = fused.config
+    scale, tracker = torch.tensor(2.0**16), torch.tensor(0, dtype=torch.int32)
+    hyst = torch.tensor(1, dtype=torch.int32)
+    for found in overflow:
+        found_inf = torch.tensor([float(found)])
+        fused.update(found_inf)
+        scale, tracker, hyst = dynamic_update(scale, tracker, hyst, found_inf, config)
+        assert fused.scale == scale.item()
+        assert fused.state_dict()["growth_tracker"] == tracker.item()
+
+
 def _train_with_injected_infs(use_mixprec: bool, inf_steps: set[int], steps: int = 14):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -114,7 +132,8 @@ def test_loading_another_scalers_state_is_refused():
 
 @pytest.mark.parametrize("kwargs", [{"growth_factor": 1.0}, {"backoff_factor": 1.5},
                                     {"growth_interval": 0}, {"hysteresis": 0},
-                                    {"min_scale": 4.0, "max_scale": 2.0}, {"init_scale": 0.0}])
+                                    {"min_scale": 4.0, "max_scale": 2.0}, {"init_scale": 0.0},
+                                    {"init_scale": 2.0**30}])
 def test_bad_config_raises_with_the_value(kwargs):
     with pytest.raises(ValueError, match="must be|>"):
         mp.DynamicScaler(**kwargs)
