@@ -1,0 +1,114 @@
+"""``mixprec doctor``: where FP16/BF16 overflows or underflows on a detector, and why steps skip.
+
+``mixprec doctor model=det-n.yaml data=shapes8.yaml precision=16-mixed steps=50`` trains a copy
+of the model for ``steps`` steps with telemetry on, prints the summary (worst offenders first)
+and writes ``doctor.json``, ``doctor.md`` and ``grad_hist.png`` to ``runs/doctor/<name>``.
+``precision=32 fmt=fp16`` asks what FP16 *would* do while computing in FP32 (fast on any CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixprec.cliargs import Key
+
+__all__ = ["KEYS", "SUMMARY", "run"]
+
+SUMMARY = ("Find where FP16/BF16 overflows or underflows (per module), why steps were skipped, "
+           "and what to change: modules to keep in FP32, an initial loss scale, BF16 or not.")
+
+KEYS: dict[str, Key] = {
+    "model": Key("det-n.yaml", "model YAML (det-n.yaml, det-s.yaml) or weights .pt"),
+    "data": Key("shapes8.yaml", "dataset YAML (YOLO format; built-in shapes8 is generated locally)"),
+    "precision": Key("16-mixed", "preset to run: 16-mixed, bf16-mixed, 16-master, 32, ...", "str"),
+    "fmt": Key(None, "format to judge against (fp16, bf16, fp8_e4m3, fp8_e5m2); default: the "
+                     "preset's compute dtype, fp16 for precision=32"),
+    "emulate": Key(False, "emulate the preset's numerics in FP32 (mixprec.emulate)"),
+    "steps": Key(50, "training steps to watch"),
+    "batch": Key(8, "batch size"),
+    "imgsz": Key(320, "image size (multiple of 32)"),
+    "lr": Key(0.01, "SGD learning rate (momentum 0.9) of the watched steps"),
+    "device": Key(None, "cpu, cuda, cuda:0 (default: cuda if available)"),
+    "margin": Key(3, "powers of two kept clear of overflow by the recommended loss scale"),
+    "locate": Key(True, "at the first skipped step, run the NaN locator on that batch"),
+    "top": Key(8, "rows per table in the terminal summary"),
+    "seed": Key(0, "random seed"),
+    "workers": Key(0, "data-loading workers"),
+    "datasets_dir": Key("datasets", "where built-in datasets are generated", "str"),
+    "project": Key("runs/doctor", "output project folder", "str"),
+    "name": Key("doctor", "run name (incremented: doctor, doctor2, ...)", "str"),
+}
+
+
+def _next_dir(project: str, name: str) -> Path:
+    base = Path(project)
+    for i in range(1, 10_000):
+        d = base / (name if i == 1 else f"{name}{i}")
+        if not d.exists():
+            return d
+    raise RuntimeError(f"no free run folder under {base}")
+
+
+def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, list[Any], Any, torch.device]:
+    """(model, batches, forward(model, batch) -> loss, device) for a YOLO-style detector run.
+
+    The forward pass runs under the precision's autocast; the loss is computed in FP32 on the
+    head maps cast to FP32, as the trainer does."""
+    from mixprec.vision.data.config import load_data_config
+    from mixprec.vision.data.dataset import build_dataloader
+    from mixprec.vision.loss import DetectionLoss
+    from mixprec.vision.models.detector import DetectionModel, load_model_yaml
+    from mixprec.vision.precision_choice import select_device
+    from mixprec.vision.trainer import load_weights
+
+    device = select_device(config["device"])
+    torch.manual_seed(int(config["seed"]))
+    data = load_data_config(config["data"], config["datasets_dir"])
+    src = str(config["model"])
+    if src.endswith(".pt"):
+        model, _ = load_weights(src)
+    else:
+        model = DetectionModel(load_model_yaml(src), nc=data.nc)
+    model.to(device)
+    loss_fn = DetectionLoss(model)
+    imgsz = int(config["imgsz"])
+    if imgsz % 32:
+        raise ValueError(f"imgsz={imgsz} must be a multiple of 32 (the detector's largest stride)")
+    loader = build_dataloader(data, "train", imgsz, int(config["batch"]), True,
+                              int(config["workers"]), int(config["seed"]))
+    batches = []
+    for b in loader:
+        batches.append((b["images"], b["targets"]))
+        if len(batches) >= int(config["steps"]):
+            break
+
+    def forward(net: torch.nn.Module, batch: Any) -> torch.Tensor:
+        images, targets = batch
+        maps = net(images.to(device, non_blocking=True).float() / 255)
+        with torch.autocast(device.type, enabled=False):
+            return loss_fn([m.float() for m in maps], targets)[0]
+
+    return model, batches, forward, device
+
+
+def run(config: dict[str, Any]) -> int:
+    from mixprec.diagnose.run import diagnose
+
+    steps = int(config["steps"])
+    if steps < 1:
+        raise ValueError(f"steps={steps}: give at least 1")
+    model, batches, forward, device = detector_setup(config)
+    report = diagnose(model, batches, forward=forward, precision=config["precision"],
+                      steps=steps, fmt=config["fmt"], lr=float(config["lr"]), device=device,
+                      emulate=bool(config["emulate"]), locate=bool(config["locate"]),
+                      margin_bits=int(config["margin"]), copy_model=False)
+    report.context.update(model=str(config["model"]), data=str(config["data"]),
+                          imgsz=int(config["imgsz"]), batch=int(config["batch"]))
+    print(report.summary(top=int(config["top"])))
+    out = _next_dir(config["project"], config["name"])
+    paths = report.save(out)
+    print(f"\nreport: {paths['md']}  data: {paths['json']}  plot: {paths['png']}")
+    return 0
