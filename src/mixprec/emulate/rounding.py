@@ -1,0 +1,72 @@
+"""Fast rounding to a low-precision format, for use inside the emulator.
+
+``quantize`` returns FP32 tensors holding values rounded to nearest-even in the format. For
+fp16/bf16/fp8 it goes through torch's own cast (``x.to(dtype).float()``), which is bitwise equal
+to :func:`mixprec.formats.round_to` for every FP32 input, specials and out-of-range values
+included (``tests/emulate/test_rounding.py`` checks this on millions of random bit patterns) and
+roughly 10x faster on CPU. ``round_storage_`` rounds in place without bumping autograd's version
+counter, so tensors saved for backward see the rounded value, exactly as a low-precision tensor
+saved on a GPU would. Nothing here synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mixprec.formats import FloatFormat, get_format, round_to
+
+__all__ = ["grad_rounder", "quantize", "round_storage_"]
+
+
+def quantize(x: torch.Tensor, fmt: str | torch.dtype | FloatFormat) -> torch.Tensor:
+    """Round ``x`` (any float dtype) to ``fmt`` nearest-even; returns a new FP32 tensor.
+
+    Differentiable for fp16/bf16: the gradient flowing back through it is rounded to the same
+    format (the backward of ``x.to(half).float()``), just as the gradient of a low-precision copy
+    is low precision on a GPU. For fp8 formats it is not differentiable (use the FP8 recipe).
+    """
+    f = get_format(fmt)
+    if f.dtype is None:  # tf32 has no torch dtype: fall back to the bit-exact reference
+        return round_to(x, f)
+    if x.dtype == f.dtype:
+        return x.float()
+    return x.to(f.dtype).float()
+
+
+def _round_data_(t: torch.Tensor, f: FloatFormat) -> None:
+    d = t.data  # no version bump: saved-for-backward copies see the rounded values
+    if f.dtype is None:
+        d.copy_(round_to(d, f))
+    else:
+        d.copy_(d.to(f.dtype))
+
+
+def round_storage_(t: torch.Tensor, fmt: str | torch.dtype | FloatFormat) -> torch.Tensor:
+    """Round the FP32 tensor ``t`` to ``fmt`` in place (autograd's version counter untouched)."""
+    if t.dtype != torch.float32:
+        raise ValueError(f"round_storage_ needs an FP32 tensor, got {t.dtype}; emulation keeps "
+                         "storage in FP32 (call .float() first)")
+    _round_data_(t, get_format(fmt))
+    return t
+
+
+_ROUNDERS: dict[str, object] = {}
+
+
+def grad_rounder(fmt: str | torch.dtype | FloatFormat):
+    """A tensor hook ``g -> g rounded to fmt`` (one shared callable per format)."""
+    f = get_format(fmt)
+    hook = _ROUNDERS.get(f.name)
+    if hook is None:
+        dtype = f.dtype
+
+        def hook(g: torch.Tensor) -> torch.Tensor:
+            if g.dtype != torch.float32:
+                return g
+            if dtype is None:
+                return round_to(g, f)
+            return g.to(dtype).float()
+
+        hook.__name__ = f"round_grad_to_{f.name}"
+        _ROUNDERS[f.name] = hook
+    return hook
