@@ -8,7 +8,7 @@ from mixprec.bench.result import validate
 from mixprec.cli import main
 
 FAST = ["model=convnet", "imgsz=8", "batch=2", "steps=2", "repeats=2", "warmup=1",
-        "precisions=32,bf16-mixed", "budget=2M", "max_batch=64"]
+        "precisions=32,bf16-mixed", "budget=256K", "max_batch=16"]
 
 
 def test_cli_writes_json_markdown_and_plots(tmp_path, capsys):
