@@ -70,6 +70,7 @@ _INPLACE_DUNDERS = frozenset({
     "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
     "__ipow__", "__setitem__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__",
 })
+_CASTS = {"half": torch.float16, "bfloat16": torch.bfloat16}
 # Positional operands that the FP8 recipe leaves in high precision (the additive term of the
 # add-GEMMs, the attention mask); bias vectors (ndim < 2) are never quantised either.
 _FP8_SKIP_POS = {"addmm": {0}, "baddbmm": {0}, "addbmm": {0}, "addmv": {0}, "addr": {0},
@@ -276,6 +277,8 @@ class _EmulationMode(TorchFunctionMode):
             return func(*args, **kwargs)
         fname = frame.fmt.name
         low = frame.low
+        if name in _CASTS:
+            dtype_args.append(_CASTS[name])
         if not any(_tag_of(t) == fname or t.dtype == low for t in tensors) and low not in dtype_args:
             return func(*args, **kwargs)  # an all-FP32 op: nothing to emulate
         return self._follow_call(func, name, args, kwargs, tensors, dtype_args, inplace, frame)

@@ -83,9 +83,13 @@ def _float32_everywhere(t: torch.Tensor) -> torch.dtype:
 
 def lowers(func: Callable, args: tuple, kwargs: dict, device: str, low: torch.dtype) -> bool:
     """True when autocast on ``device`` runs ``func`` in ``low`` precision: with every floating
-    input in FP32, some output comes out in ``low`` (autocast's ``lower_precision_fp`` list)."""
+    input in FP32, some output comes out in ``low`` with autocast on but not with it off
+    (autocast's ``lower_precision_fp`` list; explicit casts such as ``.half()`` are not)."""
     dtypes = fake_call(func, args, kwargs, device, _float32_everywhere, low)
-    return bool(dtypes) and low in dtypes
+    if not dtypes or low not in dtypes:
+        return False
+    plain = fake_call(func, args, kwargs, device, _float32_everywhere, None)
+    return plain is not None and low not in plain
 
 
 def output_dtypes(func: Callable, args: tuple, kwargs: dict, device: str,

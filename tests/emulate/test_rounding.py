@@ -1,0 +1,76 @@
+"""The emulator's fast rounding is bitwise the reference rounding (and torch's casts)."""
+
+import pytest
+import torch
+
+from mixprec.emulate import fake_quantize, quantize, round_storage_, scale_for
+from mixprec.emulate.rounding import grad_rounder
+from mixprec.formats import FORMATS, round_to
+
+SPECIALS = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 65504.0, 65519.99,
+                         65520.0, 448.0, 464.0, 57344.0, 61440.0, 6e-8, 3e-8, 2.98e-8, 1e-40,
+                         -1e-45, 3.4e38, 1.0 + 2**-11, 1.0 + 3 * 2**-11])
+
+
+def _random_bit_patterns(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    bits = torch.randint(-2**31, 2**31 - 1, (n,), generator=g, dtype=torch.int64).to(torch.int32)
+    return torch.cat([bits.view(torch.float32), SPECIALS])
+
+
+def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.view(torch.int32) == b.view(torch.int32)) | (a.isnan() & b.isnan())
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"])
+def test_quantize_is_bitwise_round_to_on_all_kinds_of_fp32(fmt):
+    x = _random_bit_patterns(1_000_000)  # normals, subnormals, inf, NaN, out of range, -0
+    assert _bit_equal(quantize(x, fmt), round_to(x, fmt)).all()
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_rounding_equals_torch_float8_casts_in_range(fmt):
+    f = FORMATS[fmt]
+    x = _random_bit_patterns(1_000_000)
+    x = x[x.isfinite() & (x.abs() <= f.max)]
+    ref = x.to(f.dtype).float()
+    assert _bit_equal(round_to(x, fmt), ref).all()
+    assert _bit_equal(quantize(x, fmt), ref).all()
+
+
+def test_quantize_gradient_is_rounded_and_real_half_inputs_widen_exactly():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    quantize(x, "fp16").backward(torch.tensor([1 + 2**-13, 3e-8]))
+    assert x.grad.tolist() == [1.0, round_to(torch.tensor(3e-8), "fp16").item()]
+    h = torch.tensor([1.5, -2.25], dtype=torch.float16)
+    assert quantize(h, "fp16").dtype == torch.float32
+    assert quantize(h, "fp16").tolist() == [1.5, -2.25]
+
+
+def test_round_storage_rounds_in_place_without_a_version_bump():
+    t = torch.tensor([1 + 2**-12, 70000.0])
+    version = t._version
+    assert round_storage_(t, "fp16") is t
+    assert t.tolist() == [1.0, float("inf")]
+    assert t._version == version
+    with pytest.raises(ValueError, match="FP32"):
+        round_storage_(torch.zeros(2, dtype=torch.float64), "fp16")
+
+
+def test_grad_rounder_hook_rounds_to_the_format():
+    hook = grad_rounder("bf16")
+    g = torch.tensor([1 + 2**-9, 1 + 3 * 2**-9])
+    assert hook(g).tolist() == [1.0, 1 + 2**-7]
+
+
+def test_fp8_scale_and_fake_quantize_follow_the_tensorwise_recipe():
+    x = torch.tensor([0.001, -0.5, 2.0, 3.0])
+    s = scale_for(x, "fp8_e4m3")
+    assert s.item() == pytest.approx(448.0 / 3.0)
+    fq = fake_quantize(x, "fp8_e4m3")
+    expected = (x * s).to(torch.float8_e4m3fn).float() / s
+    assert torch.equal(fq, expected)
+    assert fq.abs().max().item() == pytest.approx(3.0, rel=2**-4)  # amax maps onto 448
+    assert torch.equal(fake_quantize(torch.zeros(3), "fp8_e5m2"), torch.zeros(3))
+    with pytest.raises(ValueError, match="FP8"):
+        fake_quantize(x, "fp16")
