@@ -227,3 +227,11 @@ def test_energy_per_step_bookkeeping(monkeypatch):
                 steps=4, warmup=1, repeats=2, device="cpu")
     # two rounds of 2 steps; each round reads the counter twice (0.5 J apart): 1 J over 4 steps
     assert res["32"].energy == {"joules_per_step": 0.25, "source": "fake counter", "reason": None}
+
+
+def test_emulated_rows_are_marked_and_explained():
+    res = bench(mlp, Batches(), nn.functional.mse_loss, precisions=["32", "bf16-mixed"],
+                batch_size=4, steps=1, warmup=1, repeats=1, device="cpu", emulate=True)
+    assert res["32"].numerics == "real" and res["bf16-mixed"].numerics == "emulated"
+    assert any("emulated: tensors are stored in FP32" in n for n in res["bf16-mixed"].notes)
+    assert res["bf16-mixed"].convergence["final_ratio"] == pytest.approx(1.0, abs=0.05)

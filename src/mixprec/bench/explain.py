@@ -54,8 +54,9 @@ def memory_notes(policy: Policy, total_ratio: float | None, activation_ratio: fl
     """Remarks on a row's memory ratios against FP32."""
     notes = []
     if emulated:
-        notes.append("emulated: tensors are stored in FP32, so memory figures equal FP32's; run "
-                     "with real dtypes (emulate=False) to measure the saving")
+        notes.append("emulated: tensors are stored in FP32 (plus the emulator's rounded copies), "
+                     "so the memory figures are not those of the real dtypes; run with "
+                     "emulate=False to measure the saving")
         return notes
     if policy.master_dtype is not None and total_ratio is not None and total_ratio > 1.0:
         notes.append("uses more memory than FP32: the FP32 master copy and FP32 gradients add "

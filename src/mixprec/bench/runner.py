@@ -241,8 +241,9 @@ def bench(
     meter, energy_reason = (open_energy_meter(dev) if energy
                             else (None, "energy measurement off (energy=False)"))
     env["energy_source"] = meter.source if meter is not None else None
-    rows = {name: BenchRow(precision=name, numerics="emulated" if emulate else "real")
-            for name, _ in policies}
+    rows = {name: BenchRow(precision=name,
+                           numerics="emulated" if emulate and policy != Policy() else "real")
+            for name, policy in policies}
     states: dict[str, TrainState] = {}
     losses: dict[str, list[torch.Tensor]] = {name: [] for name, _ in policies}
     batches = _Batches(batch_fn, batch_size, seed, dev)
