@@ -13,9 +13,10 @@ Causes, in the order they are tested:
   overflowed or an op produced NaN in the forward pass);
 - ``loss``: the loss is inf/NaN but the model's outputs are finite: the targets/labels or the
   loss function produced it (a NaN label, log(0), ...);
-- ``grad_overflow``: the loss is finite, gradients hold inf (NaN may follow from inf): the
-  backward pass overflowed at this loss scale; occasional skips are how dynamic scaling works;
-- ``grad_nan``: the loss is finite, gradients hold NaN but no inf;
+- ``grad_overflow``: the loss is finite, gradients hold inf, or NaN under a loss scale > 1 (NaN
+  follows from inf arithmetic): the backward pass overflowed at this loss scale; occasional
+  skips are how dynamic scaling works;
+- ``grad_nan``: the loss is finite, gradients hold NaN but no inf, with no loss scaling;
 - ``unknown``: skipped but no inf/NaN gradient found (another rank's verdict, or grads cleared).
 """
 
@@ -171,8 +172,8 @@ class SkipRecorder:
             cause = "forward"
         elif loss_bad:
             cause = "loss"
-        elif any(p["inf"] for p in params):
-            cause = "grad_overflow"
+        elif any(p["inf"] for p in params) or (params and (scale_before or 1.0) > 1.0):
+            cause = "grad_overflow"   # NaN-only grads under a scale > 1: inf - inf, inf * 0
         elif params:
             cause = "grad_nan"
         else:

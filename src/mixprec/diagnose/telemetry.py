@@ -168,6 +168,7 @@ class Telemetry:
                 self._handles.append(p.register_post_accumulate_grad_hook(
                     self._make_param_hook(rec)))
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook))
+        self._scale = float(self._scale_fn())
         if self.skips:
             self.skips.attach()
 
