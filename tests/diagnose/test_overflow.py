@@ -52,3 +52,13 @@ def test_container_is_explained_by_its_child():
                     steps=1)
     assert r.module("(model)").source_calls == 1    # its output overflows too ...
     assert r.overflow_sources == ["1"]             # ... but the child is the source
+
+
+def test_emulated_fp16_agrees_with_real_fp16(planted):
+    net, batches = planted
+    real = mp.diagnose(net, batches, F.cross_entropy, precision="16-mixed", steps=2)
+    emu = mp.diagnose(net, batches, F.cross_entropy, precision="16-mixed", steps=2, emulate=True)
+    assert emu.context["emulate"] is True
+    assert emu.overflow_sources == real.overflow_sources == ["amp"]
+    assert [s.cause for s in emu.skips] == [s.cause for s in real.skips]
+    assert emu.nan_locator.origin.module == "amp"

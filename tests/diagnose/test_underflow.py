@@ -33,16 +33,18 @@ def test_underflow_share_unscaled_and_at_recommended_scale(small, data):
     assert d["unscaled"]["underflow_share"] == pytest.approx(r.act_grad_underflow_share)
 
 
+@pytest.mark.parametrize("emulate", [False, True])
 @pytest.mark.parametrize("which", ["none", "recommended"])
-def test_prediction_matches_real_fp16(small, data, which):
+def test_prediction_matches_real_fp16(small, data, which, emulate):
     """Real FP16 (autocast) run with a static scale: the share of activation gradients that are
-    exactly zero is what the what-if run predicted (underflowed values are zeros in real FP16)."""
+    exactly zero is what the what-if run predicted (underflowed values are zeros in real FP16).
+    Emulated FP16 (FP32 storage, values rounded to FP16) must show the same."""
     what_if = mp.diagnose(small, data, tiny_loss, precision="32", fmt="fp16", steps=1, lr=0.0)
     rec = what_if.recommendations["init_scale"]
     scale = 1.0 if which == "none" else rec["value"]
     predicted = (rec["act_grad_underflow_share_unscaled"] if which == "none"
                  else rec["act_grad_underflow_share_at_scale"])
-    prec = mp.Precision("16-mixed", scaler=mp.StaticScaler(scale), device="cpu")
+    prec = mp.Precision("16-mixed", scaler=mp.StaticScaler(scale), device="cpu", emulate=emulate)
     real = mp.diagnose(small, data, tiny_loss, precision=prec, steps=1, lr=0.0)
     ag = real.totals["act_grad"]
     assert ag.share("zeros") == pytest.approx(predicted, abs=0.02)

@@ -141,7 +141,7 @@ class SkipRecorder:
             self._handle = None
 
     def _hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), torch._C.DisableTorchFunction():  # not rounded by mixprec.emulate
             self._in_ok = _all_finite((args, kwargs), self._in_ok)
             self._out_ok = _all_finite(output, self._out_ok)
 

@@ -197,7 +197,8 @@ class Telemetry:
                 return
             order = self._order
             self._order += 1
-            with torch.no_grad():
+            # DisableTorchFunction: our statistics must not be rounded by mixprec.emulate's mode.
+            with torch.no_grad(), torch._C.DisableTorchFunction():
                 bad_out = None
                 for t in outs:
                     vec = rec.forward.add(t)
@@ -227,17 +228,19 @@ class Telemetry:
                 return
             order = self._border
             self._border += 1
-            vec = rec.act_grad.add(grad, self._scale)
-            bad = (vec[_NAN] + vec[_INF]) > 0
-            first = torch.where(bad, order, _BIG)
-            rec.first_bad_grad = first if rec.first_bad_grad is None else torch.minimum(
-                rec.first_bad_grad, first)
+            with torch.no_grad(), torch._C.DisableTorchFunction():
+                vec = rec.act_grad.add(grad, self._scale)
+                bad = (vec[_NAN] + vec[_INF]) > 0
+                first = torch.where(bad, order, _BIG)
+                rec.first_bad_grad = first if rec.first_bad_grad is None else torch.minimum(
+                    rec.first_bad_grad, first)
         return hook
 
     def _make_param_hook(self, rec: _Record) -> Callable:
         def hook(p: torch.Tensor) -> None:
             if not self.paused and p.grad is not None:
-                rec.weight_grad.add(p.grad, self._scale)
+                with torch.no_grad(), torch._C.DisableTorchFunction():
+                    rec.weight_grad.add(p.grad, self._scale)
         return hook
 
     # -- steps and results ---------------------------------------------------------------------
