@@ -107,3 +107,12 @@ def test_largest_batch_cuda_allocator():
                           precision="16-mixed", fraction=0.001, max_batch=1 << 20)
     assert found.measure == "allocator" and found.batch >= 1
     assert found.bytes_at(found.batch) <= found.budget_bytes
+
+
+def test_linear_measure_matches_the_exact_search():
+    for precision in ("32", "bf16-mixed"):
+        kwargs = {"precision": precision, "device": "cpu", "budget_bytes": 20_000}
+        exact = largest_batch(mlp(), batch_fn, nn.functional.mse_loss, **kwargs)
+        linear = largest_batch(mlp(), batch_fn, nn.functional.mse_loss, measure="linear", **kwargs)
+        assert linear.batch == exact.batch and linear.measure == "linear"
+        assert linear.bytes_at(linear.batch) == exact.bytes_at(exact.batch)
