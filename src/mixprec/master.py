@@ -57,6 +57,7 @@ class MasterWeights(torch.optim.Optimizer):
         self._model_params: list[torch.nn.Parameter] = []
         self._masters: list[torch.Tensor] = []
         self._hooks: list[Any] = []
+        self._deferred = False
         explicit = {id(p): v for p, v in (master_values or {}).items()}
         for group in optimizer.param_groups:
             for i, p in enumerate(group["params"]):
@@ -84,18 +85,51 @@ class MasterWeights(torch.optim.Optimizer):
             self._generator.manual_seed(seed)
 
     @staticmethod
-    def _grad_hook(master: torch.Tensor):
+    def _move_grad(param: torch.Tensor, master: torch.Tensor) -> None:
+        grad = param.grad
+        if grad is None:
+            return
+        if master.grad is None:
+            master.grad = grad.to(torch.float32, copy=True)
+        else:
+            master.grad.add_(grad)  # FP32 accumulation across micro-batches
+        param.grad = None
+
+    @classmethod
+    def _grad_hook(cls, master: torch.Tensor):
         def move_grad_to_master(param: torch.Tensor) -> None:
-            grad = param.grad
-            if grad is None:
-                return
-            if master.grad is None:
-                master.grad = grad.to(torch.float32, copy=True)
-            else:
-                master.grad.add_(grad)  # FP32 accumulation across micro-batches
-            param.grad = None
+            cls._move_grad(param, master)
 
         return move_grad_to_master
+
+    def defer_grads(self) -> None:
+        """Stop moving gradients to the masters during backward; ``collect_grads`` (called by
+        ``Precision.step``) moves them at step time instead.
+
+        Needed under ``DistributedDataParallel``: its all-reduce writes the averaged gradient
+        into ``param.grad`` *after* the post-accumulate-grad hooks ran, so a hook would move the
+        local, un-reduced gradient. In this mode micro-batch gradients accumulate in the
+        parameters' half dtype until the step (one rounding per accumulation)."""
+        self.remove_hooks()
+        self._deferred = True
+
+    @torch.no_grad()
+    def collect_grads(self) -> None:
+        """Move gradients left on the model parameters into the FP32 masters (adding to them).
+
+        With hooks active (the default) nothing should be left: a gradient found there was
+        written after backward by something else (e.g. DDP's all-reduce), and raises."""
+        for p, m in zip(self._model_params, self._masters, strict=True):
+            if p.grad is None:
+                continue
+            if not self._deferred:
+                raise RuntimeError(
+                    "a half-precision parameter received a gradient after backward's hooks moved "
+                    "it to the FP32 master (DistributedDataParallel does this with its all-reduced "
+                    "gradient): wrap the model with mixprec.distributed.ddp(model, optimizer, "
+                    "precision), which collects gradients at step time, or call "
+                    "optimizer.defer_grads() after wrapping")
+            self._move_grad(p, m)
 
     # -- the Optimizer surface -----------------------------------------------------------
     @property

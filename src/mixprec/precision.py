@@ -62,6 +62,20 @@ def _unscale_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor,
             found_inf.copy_(torch.maximum(found_inf, flag.to(found_inf.device)))
 
 
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def _is_fsdp2(model: nn.Module) -> bool:
+    """True for a module sharded with FSDP2's ``fully_shard`` (checked without importing FSDP
+    unless torch.distributed is available)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
 class Precision:
     """Mixed-precision recipe for one model and its optimizer.
 
@@ -106,6 +120,7 @@ class Precision:
         self._backward_pending = False
         self._hooks: list[Any] = []
         self._model: nn.Module | None = None
+        self._sharded = False  # set by setup() for an FSDP2 (fully_shard) model
         if self.device is not None:
             self._check_device(self.device)
         if self.policy.param_dtype != torch.float32 and self.policy.master_dtype is None:
@@ -143,6 +158,12 @@ class Precision:
         to the compute dtype. Mixed policies keep FP32 parameters. Floating model outputs are
         cast to the policy's output dtype. For ``*-master`` the optimizer is wrapped in
         ``MasterWeights``, initialised from the FP32 weights as they were before the cast.
+
+        Distributed: call ``setup`` *before* wrapping the model in ``DistributedDataParallel``
+        (then wrap with ``mixprec.distributed.ddp``). A model already sharded with FSDP2's
+        ``fully_shard`` is accepted as it is: its sharded FP32 parameters are the master copy and
+        its ``MixedPrecisionPolicy`` does the casting (``mixprec.distributed.fully_shard_model``
+        builds it from the policy), so ``setup`` neither casts parameters nor wraps the optimizer.
         """
         if self._model is not None:
             raise RuntimeError("this Precision is already set up with a model; create one "
@@ -155,9 +176,17 @@ class Precision:
             raise ValueError("pass the plain optimizer to setup(); it wraps it in MasterWeights "
                              "itself where the policy needs a master copy")
         p = self.policy
+        self._sharded = _is_fsdp2(model)
+        if self._sharded:
+            self._check_sharded(model)
+        elif p.casts_params and _is_ddp(model):
+            raise ValueError(f"{p} casts the parameters, which would break the buckets of the "
+                             "DistributedDataParallel wrapping this model: call "
+                             "prec.setup(model, optimizer) first, then wrap the returned model with "
+                             "mixprec.distributed.ddp(model, optimizer, prec)")
         master_values: dict[torch.Tensor, torch.Tensor] = {}
         cast_params: list[torch.Tensor] = []
-        if p.casts_params:
+        if p.casts_params and not self._sharded:
             cast_params = [param for m in model.modules() if not isinstance(m, NORM_LAYERS)
                            for param in m.parameters(recurse=False) if param.is_floating_point()]
             if p.master_dtype is not None:
@@ -168,8 +197,8 @@ class Precision:
             self._hooks.append(model.register_forward_hook(
                 lambda _m, _i, out: _cast_floats(out, p.output_dtype)))
         self._model = model
-        if optimizer is None:
-            return model
+        if optimizer is None or self._sharded:
+            return model if optimizer is None else (model, optimizer)
         storage = get_format(p.param_dtype) if self.emulate else None
         if p.master_dtype is not None:
             optimizer = MasterWeights(optimizer, self.stochastic_rounding,
@@ -182,9 +211,29 @@ class Precision:
                                       storage_format=storage)
         return model, optimizer
 
+    def _check_sharded(self, model: nn.Module) -> None:
+        """FSDP2 model: what setup cannot do on sharded parameters is refused with the fix."""
+        p = self.policy
+        if self.emulate:
+            raise ValueError("emulate=True is not supported on an FSDP2 (fully_shard) model: "
+                             "emulate on one process or under DistributedDataParallel")
+        if p.casts_params and p.master_dtype is None:
+            if self.stochastic_rounding:
+                raise ValueError(f"{p} with stochastic_rounding is not supported under FSDP2; use "
+                                 f"'{str(p).replace('-true', '-master')}'")
+            wide = [n for m_name, m in model.named_modules() if not isinstance(m, NORM_LAYERS)
+                    for n, q in m.named_parameters(prefix=m_name, recurse=False)
+                    if q.is_floating_point() and q.dtype != p.param_dtype]
+            if wide:
+                raise ValueError(f"{p} stores parameters in {dtype_name(p.param_dtype)}, but the "
+                                 f"sharded parameter {wide[0]!r} is not: shard the model with "
+                                 f"mixprec.distributed.fully_shard_model(model, '{p}')")
+
     @property
     def _wants_master_wrapper(self) -> bool:
         p = self.policy
+        if self._sharded:
+            return False  # FSDP2's sharded FP32 parameters are the master copy
         return p.master_dtype is not None or (p.casts_params and self.stochastic_rounding)
 
     @torch.no_grad()
@@ -248,6 +297,8 @@ class Precision:
         self._backward_pending = True
 
     def _grads(self, optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Parameters with a gradient, and their gradients; a sharded (DTensor) gradient is given
+        as its local shard, which shares storage, so unscaling it in place unscales the DTensor."""
         params, grads = [], []
         for group in optimizer.param_groups:
             for q in group["params"]:
@@ -255,7 +306,7 @@ class Precision:
                     if q.grad.is_sparse:
                         raise ValueError("sparse gradients are not supported by Precision.step")
                     params.append(q)
-                    grads.append(q.grad)
+                    grads.append(q.grad.to_local() if hasattr(q.grad, "to_local") else q.grad)
         return params, grads
 
     def step(self, optimizer: torch.optim.Optimizer, max_norm: float | None = None,
@@ -269,6 +320,8 @@ class Precision:
         if self._wants_master_wrapper and not isinstance(optimizer, MasterWeights):
             raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
                              "returned by prec.setup(model, optimizer) to step()")
+        if isinstance(optimizer, MasterWeights):
+            optimizer.collect_grads()
         params, grads = self._grads(optimizer)
         if not self._backward_pending:
             if not grads:

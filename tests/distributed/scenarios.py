@@ -1,0 +1,122 @@
+"""Two-rank scenarios for tests/distributed (run as a script, one process per rank, gloo on CPU).
+
+    RANK=r WORLD_SIZE=2 python tests/distributed/scenarios.py OUT_DIR file:///tmp/store
+
+Every scenario writes ``OUT_DIR/<name>.rank<r>.pt`` (FP32 weights, step flags, loss scale) for
+test_distributed_engine.py to compare against single-process references built by ``common.py``.
+One launch runs them all, so the ~10 s start-up of two torch processes is paid once.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common
+
+import mixprec as mp
+import mixprec.distributed as mpd
+
+PRESETS = ["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master"]
+
+
+def build(kind, preset, reduce_dtype=None):
+    model = common.make_model()
+    prec = mp.Precision(preset, device="cpu", scaler=common.make_scaler(preset))
+    if kind == "fsdp":
+        mpd.fully_shard_model(model, preset, reduce_dtype=reduce_dtype)
+        opt = common.make_optimizer(model)
+        model, opt = prec.setup(model, opt)
+    else:
+        opt = common.make_optimizer(model)
+        model, opt = prec.setup(model, opt)
+        model = mpd.ddp(model, opt, prec, reduce_dtype=reduce_dtype)
+    return model, opt, prec
+
+
+def weights(kind, model, opt):
+    if kind == "fsdp":
+        return {n: p.full_tensor().detach().float().clone() for n, p in model.named_parameters()}
+    return common.fp32_weights(mpd.unwrap(model), opt)
+
+
+def save(out, name, kind, model, opt, prec, flags=()):
+    torch.save({"weights": weights(kind, model, opt), "flags": list(flags), "scale": prec.scaler.scale,
+                "steps": prec.steps, "skipped": prec.skipped_steps},
+               out / f"{name}.rank{dist.get_rank()}.pt")
+
+
+def train(model, prec, opt, steps, start=0, inject_at=None, rank=0):
+    flags = []
+    for step in range(start, start + steps):
+        x, y = common.batch(step, rank=rank, world=2)
+        with prec.autocast():
+            loss = torch.nn.functional.mse_loss(model(x).float(), y)
+        prec.backward(loss)
+        if step == inject_at and rank == 1:
+            common.inject_inf(model, opt)
+        flags.append(prec.step(opt, max_norm=common.MAX_NORM))
+        opt.zero_grad(set_to_none=True)
+    return flags
+
+
+def main(out, init):
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in ("ddp", "fsdp"):
+        for preset in PRESETS:  # parity with one process on the concatenated batches
+            model, opt, prec = build(kind, preset)
+            flags = train(model, prec, opt, common.STEPS, rank=rank)
+            save(out, f"{kind}-{preset}", kind, model, opt, prec, flags)
+        model, opt, prec = build(kind, "bf16-mixed", reduce_dtype="bf16")  # compressed reduction
+        save(out, f"{kind}-bf16-mixed-reduce-bf16", kind, model, opt, prec,
+             train(model, prec, opt, common.STEPS, rank=rank))
+        for preset in ("16-mixed", "16-master"):  # inf on rank 1 only
+            model, opt, prec = build(kind, preset)
+            flags = train(model, prec, opt, 3, inject_at=1, rank=rank)
+            save(out, f"{kind}-{preset}-inf", kind, model, opt, prec, flags)
+        for preset in ("16-master", "bf16-master"):  # save at step 3, resume, 3 more steps
+            straight = build(kind, preset)
+            train(straight[0], straight[2], straight[1], 6, rank=rank)
+            save(out, f"{kind}-{preset}-straight", kind, *straight)
+            first = build(kind, preset)
+            train(first[0], first[2], first[1], 3, rank=rank)
+            ckpt = out / f"ckpt-{kind}-{preset}{'' if kind == 'fsdp' else '.pt'}"
+            mpd.save_checkpoint(ckpt, first[0], first[1], first[2], extra={"step": 3})
+            del first
+            model, opt, prec = build(kind, preset)
+            extra = mpd.load_checkpoint(ckpt, model, opt, prec)
+            train(model, prec, opt, 3, start=extra["step"], rank=rank)
+            save(out, f"{kind}-{preset}-resumed", kind, model, opt, prec)
+    # plain DDP around a *-master model (without mpd.ddp): the step refuses, naming the fix
+    model = common.make_model()
+    prec = mp.Precision("bf16-master", device="cpu")
+    model, opt = prec.setup(model, common.make_optimizer(model))
+    setup_error = ""
+    try:
+        mp.Precision("bf16-master").setup(torch.nn.parallel.DistributedDataParallel(common.make_model()))
+    except ValueError as e:
+        setup_error = str(e)
+    try:
+        train(torch.nn.parallel.DistributedDataParallel(model), prec, opt, 1, rank=rank)
+        step_error = ""
+    except RuntimeError as e:
+        step_error = str(e)
+    torch.save({"setup_error": setup_error, "step_error": step_error},
+               out / f"plain-ddp-master.rank{rank}.pt")
+    # negative control: without the all-reduced verdict the ranks disagree
+    model, opt, prec = build("ddp", "16-mixed")
+    prec._all_reduce = lambda found_inf: found_inf
+    save(out, "ddp-16-mixed-inf-unreduced", "ddp", model, opt, prec,
+         train(model, prec, opt, 3, inject_at=1, rank=rank))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
