@@ -74,7 +74,8 @@ def fully_shard_model(
     """Shard ``model`` in place with FSDP2 under ``policy``; returns it (now an ``FSDPModule``).
 
     ``units``: which submodules become their own FSDP unit (one all-gather each): module types or
-    a predicate; default: the root's direct children that hold parameters. With half compute,
+    a predicate; default: the root's direct children that hold parameters (the members of a
+    ``ModuleList``/``ModuleDict`` child each count as one). With half compute,
     every normalisation layer is its own unit kept in FP32 (FSDP2 has one dtype per unit).
     ``*-true`` presets cast non-normalisation parameters to the half dtype before sharding.
     Call once per model, after ``torch.distributed`` is initialised and before building the
@@ -93,7 +94,10 @@ def fully_shard_model(
                         if q.is_floating_point():
                             q.data = q.data.to(p.param_dtype)
     if units is None:
-        chosen = [m for m in model.children() if any(True for _ in m.parameters())]
+        chosen = [m for child in model.children()
+                  for m in (child.children() if isinstance(child, (nn.ModuleList, nn.ModuleDict))
+                            else (child,))
+                  if any(True for _ in m.parameters())]
     elif isinstance(units, tuple):
         chosen = [m for m in model.modules() if m is not model and isinstance(m, units)]
     else:
