@@ -62,8 +62,9 @@ def coco_predictions(image_id: int, det: np.ndarray) -> list[dict[str, Any]]:
 
 def coco_evaluate(gt: dict[str, Any], dets: list[dict[str, Any]]) -> tuple[float, float,
                                                                            np.ndarray]:
-    """pycocotools COCOeval (bbox): returns (mAP50, mAP50-95, per-class AP array (K, 2) of
-    [ap50, ap]; NaN for classes with no ground truth)."""
+    """pycocotools COCOeval (bbox, default parameters: up to 100 detections per image count):
+    returns (mAP50, mAP50-95, per-class AP array (K, 2) of [ap50, ap]; NaN for classes with no
+    ground truth)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -77,12 +78,11 @@ def coco_evaluate(gt: dict[str, Any], dets: list[dict[str, Any]]) -> tuple[float
         if not dets:
             return 0.0, 0.0, np.zeros((k, 2))
         res = coco.loadRes([dict(d) for d in dets])  # loadRes mutates its input
-        ev = COCOeval(coco, res, "bbox")
-        ev.params.maxDets = [1, 10, 300]  # as YOLO validates (max_det=300)
+        ev = COCOeval(coco, res, "bbox")  # default parameters, as any COCO tool re-scores
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    prec = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, class) all areas, 300 dets
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, class), all areas, 100 dets
     per = np.full((k, 2), np.nan)
     for j in range(k):
         p = prec[:, :, j]

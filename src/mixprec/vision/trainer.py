@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mixprec.distributed import launch as dp
+from mixprec.distributed.ranks import is_main_process
 from mixprec.io import load_checkpoint, save_checkpoint
 from mixprec.precision import Precision
 from mixprec.vision.cfg import TRAIN_KEYS, check_keys
@@ -58,6 +60,7 @@ class TrainState:
     best_fitness: float | None = None
     best_epoch: int = -1
     scale_history: list[dict[str, Any]] = field(default_factory=list)
+    forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
 
 
 @dataclass
@@ -112,9 +115,11 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
           save_dir: Path | None = None) -> TrainState:
     """Assemble a run from ``args`` (every key of ``TRAIN_KEYS``). ``model``: start from these
     weights instead of ``args['model']``. Prints the precision choice and its reason."""
-    device = select_device(args["device"])
+    ctx = dp.init_from_launcher(args["device"])  # None unless started by torchrun
+    device = ctx.device if ctx else select_device(args["device"])
     torch.manual_seed(int(args["seed"]))
-    data = load_data_config(args["data"], args["datasets_dir"])
+    with dp.main_process_first():  # rank 0 generates a built-in dataset, the others wait
+        data = load_data_config(args["data"], args["datasets_dir"])
     imgsz = int(args["imgsz"])
     if imgsz % 32:
         raise ValueError(f"imgsz={imgsz} must be a multiple of 32 (the largest stride)")
@@ -136,9 +141,15 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
     batch = _batch_size(args, model, prec, loss_fn, device)
     aug = AugmentConfig(args["mosaic"], args["degrees"], args["translate"], args["scale"],
                         args["hsv_h"], args["hsv_s"], args["hsv_v"], args["fliplr"])
-    workers = int(args["workers"])
-    train_loader = build_dataloader(data, "train", imgsz, batch, True, workers, args["seed"], aug)
-    val_loader = build_dataloader(data, "val", imgsz, batch * 2, False, workers, args["seed"])
+    workers, world = int(args["workers"]), ctx.world_size if ctx else 1
+    if batch % world:
+        raise ValueError(f"batch={batch} is the global batch: make it divisible by the {world} processes")
+    with dp.main_process_first():  # label caches are written once
+        train_loader = build_dataloader(data, "train", imgsz, batch // world, True, workers,
+                                        args["seed"], aug)
+        val_loader = build_dataloader(data, "val", imgsz, batch * 2, False, workers, args["seed"])
+    if world > 1:  # each rank trains on its share; rank 0 validates on the whole val split
+        train_loader = dp.shard_loader(train_loader, int(args["seed"]))
     nb = len(train_loader)
     accumulate = min(max(round(args["nbs"] / batch), 1), nb)
     steps_per_epoch = math.ceil(nb / accumulate)
@@ -149,18 +160,26 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
     decay = args["weight_decay"] * batch * accumulate / args["nbs"]
     optimizer = build_optimizer(model, opt_name, lr0, momentum, decay)
     model, optimizer = prec.setup(model, optimizer)
+    forward = None
+    if world > 1:
+        from mixprec.distributed import ddp
+
+        forward = ddp(model, optimizer, prec, device_ids=[device.index] if device.type == "cuda" else None)
     print(f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}")
     warmup = round(min(args["warmup_epochs"], max(int(args["epochs"]) - 1, 0)) * steps_per_epoch)
     schedule = Schedule(optimizer, lr0, args["lrf"], total, warmup, bool(args["cos_lr"]),
                         args["warmup_bias_lr"], args["warmup_momentum"], momentum)
     ema = ModelEMA(model)
     if save_dir is None:
-        save_dir = increment_path(args["project"], args["name"], bool(args["exist_ok"]))
-    (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        save_dir = dp.broadcast_object(increment_path(args["project"], args["name"],
+                                                      bool(args["exist_ok"])))
+    if is_main_process():
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     args = {**args, "batch": batch, "precision": str(prec.policy), "precision_reason": reason,
-            "optimizer_resolved": opt_name, "lr0_resolved": lr0, "device_resolved": str(device)}
+            "optimizer_resolved": opt_name, "lr0_resolved": lr0, "device_resolved": str(device),
+            "world_size": world}
     return TrainState(args, data, model, loss_fn, prec, reason, optimizer, schedule, ema,
-                      train_loader, val_loader, accumulate, device, save_dir)
+                      train_loader, val_loader, accumulate, device, save_dir, forward=forward)
 
 
 def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None) -> dict:
@@ -178,7 +197,7 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
     for i, batch in enumerate(bar):
         images = batch["images"].to(st.device, non_blocking=True).float() / 255
         with prec.autocast():
-            maps = model(images)
+            maps = (st.forward or model)(images)
         loss, items = st.loss_fn(maps, batch["targets"])  # FP32 loss on FP32-cast head maps
         prec.backward(loss)
         pending += 1
@@ -239,10 +258,11 @@ def _find_resume(args: dict[str, Any]) -> Path:
     return runs[-1]
 
 
-def train(args: dict[str, Any] | None = None, model: DetectionModel | None = None,
-          callbacks: dict[str, Callable] | None = None, **kwargs: Any) -> TrainResult:
+def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | None = None,
+          weights: DetectionModel | None = None, **kwargs: Any) -> TrainResult:
     """Train a detector. ``args``/``kwargs``: keys of ``TRAIN_KEYS`` (unknown keys raise with the
-    nearest valid one). Returns the run folder, checkpoint paths and the final metrics."""
+    nearest valid one); ``weights``: start from this module instead of ``model``. Returns the
+    run folder, checkpoint paths and the final metrics."""
     given = {**(args or {}), **kwargs}
     resume_ckpt = None
     if given.get("resume"):
@@ -259,11 +279,12 @@ def train(args: dict[str, Any] | None = None, model: DetectionModel | None = Non
     else:
         save_dir = None
     args = check_keys(given, TRAIN_KEYS, "train")
-    st = build(args, model, save_dir)
+    st = build(args, weights, save_dir)
     if resume_ckpt is not None:
         _restore(st, resume_ckpt)
-    a = st.args
-    write_yaml(st.save_dir / "args.yaml", a)
+    a, main = st.args, is_main_process()
+    if main:
+        write_yaml(st.save_dir / "args.yaml", a)
     epochs = int(a["epochs"])
     log = ResultsLog(st.save_dir / "results.csv", keep_until_epoch=st.epoch)
     last, best = st.save_dir / "weights" / "last.pt", st.save_dir / "weights" / "best.pt"
@@ -280,21 +301,23 @@ def train(args: dict[str, Any] | None = None, model: DetectionModel | None = Non
         out = train_one_epoch(st, callbacks)
         final = epoch == epochs - 1
         metrics = None
-        if a["val"] or final:
+        if (a["val"] or final) and main:
             metrics = validate(st.ema.ema, st.val_loader, st.model.names, st.prec.autocast,
                                st.loss_fn, a["conf"], a["iou"], a["max_det"], st.save_dir,
                                plots=False, verbose=a["verbose"])
             if st.best_fitness is None or metrics.fitness > st.best_fitness:
                 st.best_fitness, st.best_epoch = metrics.fitness, epoch
+        st.best_fitness, st.best_epoch = dp.broadcast_object((st.best_fitness, st.best_epoch))
         st.scale_history.append({"epoch": epoch + 1, "scale": out["scale"],
                                  "min_scale": out["min_scale"], "skipped_steps": out["skipped"]})
         row = _results_row(epoch, time.time() - t0, out, metrics, st)
-        log.add(row)
-        ckpt = _checkpoint(st, epoch, row)
-        save_checkpoint(ckpt, last)
-        if st.best_epoch == epoch:
-            save_checkpoint(ckpt, best)
-        _write_precision_record(st)
+        if main:
+            log.add(row)
+            ckpt = _checkpoint(st, epoch, row)
+            save_checkpoint(ckpt, last)
+            if st.best_epoch == epoch:
+                save_checkpoint(ckpt, best)
+            _write_precision_record(st)
         if callbacks and "on_epoch_end" in callbacks:
             callbacks["on_epoch_end"](st, epoch)
         if epoch - st.best_epoch >= a["patience"] and st.best_epoch >= 0 and not final:
@@ -303,9 +326,9 @@ def train(args: dict[str, Any] | None = None, model: DetectionModel | None = Non
             break
     print(f"{epoch + 1 - start} epochs completed in "
           f"{(time.time() - t0) / 3600:.3f} hours.")
-    if a["plots"]:
+    if a["plots"] and main:
         plot_results(st.save_dir / "results.csv")
-    if best.is_file():
+    if best.is_file() and main:
         best_model, _ = load_weights(best)
         best_model.to(st.device)
         print(f"Validating {best}...")

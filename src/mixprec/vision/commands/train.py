@@ -12,9 +12,23 @@ KEYS = TRAIN_KEYS
 
 
 def run(config: dict[str, Any]) -> int:
+    from mixprec.distributed import launch as dp
+
+    if dp.needs_launch(config["device"]):  # device=0,1: one process per device under torchrun
+        return dp.relaunch("train", config)
     from mixprec.vision.trainer import train
 
-    result = train(config)
+    ctx = dp.init_from_launcher(config["device"])  # under torchrun: join the process group
+    if ctx is not None and ctx.rank != 0:
+        config = {**config, "verbose": False}  # no progress bars from the other ranks
+    try:
+        with dp.quiet_unless_main():  # rank 0 logs
+            result = train(config)
+    finally:
+        if ctx is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     if result.metrics is not None:
         m = result.metrics.box
         print(f"final: mAP50={m.map50:.4f} mAP50-95={m.map:.4f} ({result.best})")

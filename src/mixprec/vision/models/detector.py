@@ -63,7 +63,7 @@ class DetectionModel(nn.Module):
         self.layers, self.save, self.sources = self._build(self.yaml)
         head = self.layers[-1]
         with torch.no_grad():
-            s = 256
+            s = 64  # a small dry run finds the strides
             outs = self.forward(torch.zeros(1, 3, s, s))
         head.stride = torch.tensor([s / o.shape[-1] for o in outs])
         self.register_buffer("stride", head.stride.clone(), persistent=False)
