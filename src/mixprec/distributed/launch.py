@@ -1,0 +1,129 @@
+"""Data-parallel runs of the trainer: ``device=0,1`` relaunches under torchrun; each rank joins
+the process group torchrun set up, gets its device, and shards the training data.
+
+    mixprec train ... device=0,1   # runs: torchrun --standalone --nproc_per_node=2 -m mixprec.cli train ...
+    torchrun --nproc_per_node=2 -m mixprec.cli train ... device=cpu    # the same, started by hand
+
+``device=cpu,cpu`` asks for 2 CPU processes (gloo); it exists for tests and for trying the
+distributed path without GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mixprec.distributed.ranks import barrier, is_initialized, is_main_process
+
+__all__ = ["DistContext", "broadcast_object", "device_list", "init_from_launcher", "main_process_first",
+           "needs_launch", "quiet_unless_main", "relaunch", "shard_loader"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def device_list(device: Any) -> list[str] | None:
+    """``"0,1"`` -> ``["0", "1"]``; ``"cpu,cpu"`` -> ``["cpu", "cpu"]``; one device -> None."""
+    if device is None or isinstance(device, int):
+        return None
+    items = [d.strip() for d in str(device).split(",") if d.strip()]
+    if len(items) < 2:
+        return None
+    if len({"cpu" if d == "cpu" else "cuda" for d in items}) > 1 or \
+            any(d != "cpu" and not d.isdigit() for d in items):
+        raise ValueError(f"device={device!r}: give CUDA indices such as device=0,1 (or cpu,cpu for "
+                         "CPU processes), not a mix")
+    if items[0] != "cpu" and len(set(items)) != len(items):
+        raise ValueError(f"device={device!r} lists a GPU twice: one process per GPU")
+    return items
+
+
+def needs_launch(device: Any) -> bool:
+    """True when ``device`` lists several devices and this process is not a torchrun rank yet."""
+    return device_list(device) is not None and not dist.is_torchelastic_launched()
+
+
+def relaunch(command: str, config: dict[str, Any]) -> int:
+    """Run ``mixprec <command>`` with ``config`` on one process per listed device, under torchrun
+    (``--standalone``: rendezvous on a free localhost port). Returns torchrun's exit code."""
+    devices = device_list(config.get("device"))
+    if devices is None:
+        raise ValueError("relaunch needs a device list such as device=0,1")
+    args = [f"{k}={v}" for k, v in config.items() if v is not None]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={len(devices)}", "-m", "mixprec.cli", command, *args]
+    print(f"data-parallel on {len(devices)} processes: {' '.join(cmd)}", flush=True)
+    return subprocess.call(cmd)
+
+
+def init_from_launcher(device: Any) -> DistContext | None:
+    """Join torchrun's process group (NCCL for CUDA, gloo for CPU) and pick this rank's device;
+    None when not started by torchrun. Collective."""
+    if not dist.is_torchelastic_launched():
+        return None
+    devices = device_list(device)
+    cpu = (devices or [str(device or "")])[0] == "cpu" or not torch.cuda.is_available()
+    if not is_initialized():
+        dist.init_process_group("gloo" if cpu else "nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = dist.get_node_local_rank(fallback_rank=rank)
+    if cpu:
+        dev = torch.device("cpu")
+    else:
+        dev = torch.device(f"cuda:{int(devices[local]) if devices else local}")
+        torch.cuda.set_device(dev)
+    return DistContext(rank, world, local, dev)
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. generating a dataset or writing a cache), the others
+    after it finished; a plain block in one process."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
+def shard_loader(loader: DataLoader, seed: int = 0) -> DataLoader:
+    """The same loader with a shuffling ``DistributedSampler`` (seeded; call ``set_epoch``):
+    every rank sees a disjoint 1/world share of each epoch (padded by repeating samples to equal
+    length), in batches of the loader's batch size."""
+    sampler = DistributedSampler(loader.dataset, shuffle=True, seed=seed, drop_last=False)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, drop_last=False,
+                      persistent_workers=False)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled; small objects only); ``obj`` in one process."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def quiet_unless_main() -> Iterator[None]:
+    """Silence stdout on ranks other than 0 for the block (restored after): logs come from rank 0."""
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
