@@ -53,15 +53,18 @@ def test_counts_match_real_casts(fmt):
     assert float(mn) == float(finite[finite != 0].abs().min())
 
 
-def test_unscaled_counts_match_casts_of_divided_values():
+@pytest.mark.parametrize("scale", [2.0**12, 1000.0, 2.0**-3])
+def test_unscaled_counts_and_histogram_match_divided_values(scale):
     g = torch.Generator().manual_seed(2)
     x = torch.exp2(torch.empty(5000).uniform_(-40, 20, generator=g))
-    scale = 2.0**12
-    vec, *_ = range_counts(x, format_thresholds("fp16"), scale)
+    vec, _, _, hist = range_counts(x, format_thresholds("fp16"), scale)
     c = (x / scale).half().float()
     assert vec[7] == int(c.isinf().sum())
     assert vec[8] == int(((c == 0) & (x != 0)).sum())
     assert vec[9] == int(((c != 0) & (c.abs() < 2.0**-14)).sum())
+    u = (x.double() / scale).numpy()
+    expected = np.bincount(np.floor(np.log2(u)).astype(int) - HIST_MIN_EXP, minlength=len(hist))
+    assert hist.tolist() == expected.tolist()
 
 
 def test_half_input_and_histogram_bins():

@@ -1,6 +1,7 @@
 """Telemetry as a context manager: what it measures equals direct measurement of the same
 tensors, and switching it off leaves no hook behind."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -121,3 +122,19 @@ def test_module_callable_and_lazy_export():
     r = d(nn.Linear(2, 2), [(torch.ones(1, 2), torch.ones(1, 2))], F.mse_loss, precision="32",
           steps=1)
     assert r.fmt.name == "fp16" and r.stepped == [True]
+
+
+def test_batches_from_iterables(small):
+    pairs = [(torch.randn(2, 8), torch.randn(2, 4)) for _ in range(2)]
+    r = mp.diagnose(small, (p for p in pairs * 2), F.mse_loss, precision="32", steps=3)
+    assert len(r.stepped) == 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.randn(4, 8), torch.randn(4, 4)), batch_size=2)
+    r = mp.diagnose(small, loader, F.mse_loss, precision="32", steps=5)   # restarted
+    assert len(r.stepped) == 5
+    with pytest.raises(ValueError, match="ran out after 2 of 3"):
+        mp.diagnose(small, iter(pairs), F.mse_loss, precision="32", steps=3)
+    with pytest.raises(ValueError, match="empty"):
+        mp.diagnose(small, [], F.mse_loss, precision="32", steps=1)
+    with pytest.raises(ValueError, match="forward=lambda"):
+        mp.diagnose(small, [{"x": 1}], F.mse_loss, precision="32", steps=1)

@@ -8,6 +8,8 @@ and writes ``doctor.json``, ``doctor.md`` and ``grad_hist.png`` to ``runs/doctor
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,8 @@ def _next_dir(project: str, name: str) -> Path:
     raise RuntimeError(f"no free run folder under {base}")
 
 
-def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, list[Any], Any, torch.device]:
+def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, Iterator[Any], Any,
+                                                   torch.device]:
     """(model, batches, forward(model, batch) -> loss, device) for a YOLO-style detector run.
 
     The forward pass runs under the precision's autocast; the loss is computed in FP32 on the
@@ -79,11 +82,15 @@ def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, list[Any], 
         raise ValueError(f"imgsz={imgsz} must be a multiple of 32 (the detector's largest stride)")
     loader = build_dataloader(data, "train", imgsz, int(config["batch"]), True,
                               int(config["workers"]), int(config["seed"]))
-    batches = []
-    for b in loader:
-        batches.append((b["images"], b["targets"]))
-        if len(batches) >= int(config["steps"]):
-            break
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless training batches, epoch after epoch (new shuffles and augmentations)."""
+        for epoch in itertools.count():
+            loader.sampler.set_epoch(epoch)
+            if hasattr(loader.dataset, "set_epoch"):
+                loader.dataset.set_epoch(epoch)
+            for b in loader:
+                yield b["images"], b["targets"]
 
     def forward(net: torch.nn.Module, batch: Any) -> torch.Tensor:
         images, targets = batch
@@ -91,7 +98,7 @@ def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, list[Any], 
         with torch.autocast(device.type, enabled=False):
             return loss_fn([m.float() for m in maps], targets)[0]
 
-    return model, batches, forward, device
+    return model, batches(), forward, device
 
 
 def run(config: dict[str, Any]) -> int:

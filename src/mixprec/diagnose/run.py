@@ -49,7 +49,8 @@ def diagnose(
 ) -> DoctorReport:
     """Train ``model`` for ``steps`` steps under ``precision`` with telemetry on, and report.
 
-    ``batches``: an iterable of ``(inputs, targets)`` (cycled when shorter than ``steps``);
+    ``batches``: ``(inputs, targets)`` pairs: a list (cycled when shorter than ``steps``) or any
+    iterable, consumed lazily (a DataLoader is restarted when it runs out);
     ``loss_fn(model(inputs), targets)`` gives the loss, or pass ``forward(model, batch) -> loss``
     for anything else (detectors, dict batches). ``precision``: a preset name, ``Policy`` or
     ``mixprec.Precision``. ``fmt``: the format to judge against (default: the policy's compute
@@ -80,14 +81,11 @@ def diagnose(
             x, y = _split(batch)
             return loss_fn(net(x), y)
 
-    source = batches if isinstance(batches, (list, tuple)) else list(itertools.islice(batches, steps))
-    if not source:
-        raise ValueError("batches is empty: give at least one batch")
     nan_report = None
     tel = Telemetry(net, fmt, precision=prec)
     net.train()
     with tel:
-        for batch in itertools.islice(itertools.cycle(source), steps):
+        for batch in _stream(batches, steps):
             rng = _rng_state(net)
             scale = float(prec.scaler.scale)
             loss = step_loss(batch)
@@ -106,6 +104,31 @@ def diagnose(
     ctx = {"precision": str(prec.policy), "emulate": bool(getattr(prec, "emulate", False)),
            "model": type(model).__name__, "device": str(_device_of(net))}
     return tel.report(nan_locator=nan_report, margin_bits=margin_bits, **ctx)
+
+
+def _stream(batches: Iterable[Any], steps: int) -> Iterator[Any]:
+    """``steps`` batches: a list/tuple is cycled; another iterable is consumed lazily (and
+    restarted when it can be, e.g. a DataLoader)."""
+    if isinstance(batches, (list, tuple)):
+        if not batches:
+            raise ValueError("batches is empty: give at least one batch")
+        yield from itertools.islice(itertools.cycle(batches), steps)
+        return
+    n = 0
+    while n < steps:
+        it = iter(batches)
+        got = False
+        for b in it:
+            got = True
+            yield b
+            n += 1
+            if n >= steps:
+                return
+        if not got:
+            raise ValueError("batches is empty: give at least one batch")
+        if it is batches:
+            raise ValueError(f"batches ran out after {n} of {steps} steps: pass a list (it is "
+                             "cycled), a re-iterable such as a DataLoader, or fewer steps")
 
 
 def _rng_state(model: nn.Module) -> tuple[torch.Tensor, Any]:

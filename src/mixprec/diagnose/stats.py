@@ -21,6 +21,7 @@ Everything is accumulated in tensors on the data's device: no host synchronisati
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ __all__ = [
     "histogram_shares", "range_counts",
 ]
 
-HIST_MIN_EXP = -150            # bin 0 holds floor(log2|x|) <= -150 (FP32 subnormals end at -149)
+HIST_MIN_EXP = -150            # bin 0 holds floor(log2|x|) <= -150 (FP32 subnormals: <= -127)
 HIST_MAX_EXP = 128             # last bin holds floor(log2|x|) >= 128 (FP32 max is just below 2**128)
 HIST_BINS = HIST_MAX_EXP - HIST_MIN_EXP + 1
 
@@ -65,46 +66,107 @@ def format_thresholds(fmt: str | torch.dtype | FloatFormat) -> Thresholds:
                       normal=f.smallest_normal - f.smallest_subnormal / 2)
 
 
+_INF_BITS = 0x7F800000        # bit pattern of +inf in FP32; NaNs (after abs) lie above it
+_EXPS = 256                   # FP32 biased exponents
+
+
+@functools.lru_cache(maxsize=256)
+def _bits(v: float) -> int:
+    """FP32 bit pattern of a non-negative float (inf beyond FP32's range)."""
+    return int(torch.tensor(v, dtype=torch.float32).view(torch.int32))
+
+
+_EDGES: dict[tuple, torch.Tensor] = {}
+
+
+def _edges_tensor(edges: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Cached per device: no host-to-device copy per call."""
+    t = _EDGES.get((edges, device))
+    if t is None:
+        if len(_EDGES) > 512:
+            _EDGES.clear()
+        t = _EDGES[(edges, device)] = torch.tensor(edges, dtype=torch.int32, device=device)
+    return t
+
+
+def _scatter_count(code: torch.Tensor, size: int) -> torch.Tensor:
+    """``bincount`` without a host sync (CUDA's bincount reads the max to size its output)."""
+    if code.device.type == "cpu":
+        return torch.bincount(code, minlength=size)
+    out = torch.zeros(size, dtype=torch.int64, device=code.device)
+    return out.index_put_((code,), torch.ones((), dtype=torch.int64, device=code.device).expand(
+        code.numel()), accumulate=True)
+
+
 @torch.no_grad()
 def range_counts(x: torch.Tensor, thr: Thresholds, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
     """Counts, max |x|, min non-zero |x| and the log2 histogram (of the unscaled values).
 
     ``x`` holds values observed at loss scale ``scale`` (1.0 for activations). Returns
     ``(counts int64[10], max_abs fp32[], min_nonzero fp32[], hist int64[HIST_BINS])`` on ``x``'s
-    device; counts follow ``_FIELDS`` (``_s`` at ``scale``, ``_1`` unscaled). Computed in FP32
-    (FP64 for FP64 input). No host synchronisation.
+    device; counts follow ``_FIELDS`` ("_s" at ``scale``, as observed; "_1" unscaled, i.e.
+    divided by ``scale``). Works on the FP32 bit patterns of |x| (monotone in the value), so one
+    ``bucketize`` against every threshold and one joint count with the exponent give all
+    numbers in a few passes. FP64 input is judged after rounding to FP32. Thresholds times a
+    scale that is not a power of two are rounded to FP32 (off by at most one FP32 ulp).
+    No host synchronisation.
     """
     a = x.detach().abs()
-    if a.dtype not in (torch.float32, torch.float64):
+    if a.dtype != torch.float32:
         a = a.float()
-    a = a.reshape(-1)
-    finite = torch.isfinite(a)
-    nan = torch.isnan(a)
-    inf = finite.logical_not() & nan.logical_not()
-    zero = a == 0
-    counts = [torch.full((), a.numel(), dtype=torch.int64, device=a.device),
-              zero.sum(), nan.sum(), inf.sum()]
-    for s in (1.0, float(scale)):
-        # "_s" fields: values as observed (at the loss scale); "_1" fields: as they would be
-        # unscaled (divided by the scale):
-        # a / scale >= t  <=>  a >= t * scale.
-        over = (a >= thr.overflow * s) & finite
-        under = (a <= thr.underflow * s) & ~zero
-        sub = (a > thr.underflow * s) & (a < thr.normal * s)
-        counts += [(over.sum() + counts[3]), under.sum(), sub.sum()]
+    key = a.reshape(-1).view(torch.int32)
+    dev = key.device
+    s = float(scale)
+    # Bucket edges (bit patterns): nonzero | underflow | subnormal | normal | overflow, at the
+    # scale in use and unscaled, then inf and NaN. bucketize(right=True) gives, for each key,
+    # the number of edges <= key, so "count(key >= edge_j)" = count(bucket > j).
+    raw = [1,
+           _bits(thr.underflow) + 1, _bits(thr.normal), _bits(thr.overflow),
+           _bits(thr.underflow * s) + 1, _bits(thr.normal * s), _bits(thr.overflow * s),
+           _INF_BITS, _INF_BITS + 1]
+    edges = sorted(set(raw))
+    pos = {e: i for i, e in enumerate(edges)}
+    nb = len(edges) + 1
+    bucket = torch.bucketize(key, _edges_tensor(tuple(edges), dev), right=True)
+    exp = key >> 23                                             # 0..255 (255: inf and NaN)
+    joint = _scatter_count(exp.to(torch.int64) * nb + bucket, _EXPS * nb).view(_EXPS, nb)
+    per_bucket = joint.sum(0)
+    at_least = per_bucket.flip(0).cumsum(0).flip(0)             # at_least[j] = count(bucket >= j)
+
+    def ge(edge: int) -> torch.Tensor:                         # count(key >= edge)
+        return at_least[pos[edge] + 1]
+
+    n = torch.full((), key.numel(), dtype=torch.int64, device=dev)
+    nan = ge(_INF_BITS + 1)
+    inf = ge(_INF_BITS) - nan
+    zeros = n - ge(1)
+    counts = [n, zeros, nan, inf]
+    for u_edge, n_edge, o_edge in ((raw[1], raw[2], raw[3]), (raw[4], raw[5], raw[6])):
+        over = ge(o_edge) - nan                                  # finite beyond, plus inf
+        under = ge(1) - ge(u_edge)                               # 0 < |x| <= underflow
+        sub = ge(u_edge) - ge(n_edge) if n_edge > u_edge else torch.zeros_like(n)
+        counts += [over, under, sub]
     vec = torch.stack(counts)
-    clean = torch.where(finite, a, torch.zeros((), dtype=a.dtype, device=a.device))
-    max_abs = clean.amax() if a.numel() else torch.zeros((), device=a.device)
-    pos = finite & ~zero
-    min_nz = (torch.where(pos, a, torch.full((), math.inf, dtype=a.dtype, device=a.device)).amin()
-              if a.numel() else torch.full((), math.inf, device=a.device))
-    # Histogram of the unscaled values, floor(log2(a / scale)), from frexp:
-    # a = m * 2**e with m in [0.5, 1)  =>  floor(log2 a) = e - 1.
-    u = a / scale if scale != 1.0 else a
-    _, e = torch.frexp(torch.where(pos, u, torch.ones((), dtype=a.dtype, device=a.device)))
-    bins = (e.to(torch.int64) - 1 - HIST_MIN_EXP).clamp_(0, HIST_BINS - 1)
-    hist = torch.bincount(bins[pos], minlength=HIST_BINS)
-    return vec, max_abs.float(), min_nz.float(), hist
+    finite_key = torch.where(key < _INF_BITS, key, 0)
+    max_abs = finite_key.amax().view(torch.float32) if key.numel() else torch.zeros((), device=dev)
+    nz_key = torch.where(key > 0, key, _INF_BITS)
+    min_nz = (nz_key.amin().view(torch.float32) if key.numel()
+              else torch.full((), math.inf, device=dev))
+    # Histogram of floor(log2(|x| / scale)) over finite non-zero values: the biased exponent
+    # e (1..254) is floor(log2|x|) + 127 for FP32 normals; FP32 subnormals (e = 0) go to the
+    # lowest bin. A power-of-two scale shifts bins exactly; any other scale recomputes them.
+    k = math.log2(s) if s > 0 else 0.0
+    if k == int(k):
+        per_exp = joint[:255, 1:].sum(1)                        # nonzero, finite (e < 255)
+        idx = (torch.arange(255, device=dev) - 127 - int(k) - HIST_MIN_EXP).clamp_(0, HIST_BINS - 1)
+        hist = torch.zeros(HIST_BINS, dtype=torch.int64, device=dev).index_add_(0, idx, per_exp)
+    else:
+        ukey = (a.reshape(-1) / s).view(torch.int32)
+        uexp = (ukey >> 23).to(torch.int64)
+        keep = (key > 0) & (key < _INF_BITS)
+        code = torch.where(keep, (uexp - 127 - HIST_MIN_EXP).clamp_(0, HIST_BINS - 1), HIST_BINS)
+        hist = _scatter_count(code, HIST_BINS + 1)[:HIST_BINS]
+    return vec, max_abs, min_nz, hist
 
 
 class RangeAccumulator:
