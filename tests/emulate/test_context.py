@@ -176,3 +176,17 @@ def test_inference_under_no_grad_and_inplace_ops_on_low_tensors():
     ref = _expected(x, w, "fp16")
     ref = quantize(quantize(ref + 0.1, "fp16") * 1.7, "fp16")
     assert torch.equal(y, ref)
+
+
+def test_setitem_into_a_low_tensor_rounds_and_zero_dim_promotion_is_memoised_per_shape():
+    x, w = _linear_inputs()
+    with torch.no_grad(), emulate("16-mixed"):
+        y = F.linear(x, w)
+        y[0] = 1 + 2**-12  # not representable in FP16
+        s = y.sum() * 0 + torch.tensor(1.0)  # 0-dim FP32 (sum is on autocast's FP32 list)
+        lo = mark_storage(torch.tensor(2.0), "fp16")
+        a = lo * torch.tensor(1.1)          # 0-dim low x 0-dim FP32 -> FP32
+        b = y * torch.tensor(1.1)           # dimensioned low x 0-dim FP32 -> low
+    assert y[0].tolist() == [1.0] * y.shape[1]
+    assert logical_dtype(s) == torch.float32
+    assert logical_dtype(a) == torch.float32 and logical_dtype(b) == torch.float16

@@ -296,7 +296,7 @@ class _EmulationMode(TorchFunctionMode):
     @staticmethod
     def _out_dtypes(func, args, kwargs, tensors, dtype_args, frame: _Frame):
         fname, low = frame.fmt.name, frame.low
-        pattern = tuple("L" if _tag_of(t) == fname else (t.dtype, t.dim() == 0) for t in tensors)
+        pattern = tuple(("L" if _tag_of(t) == fname else t.dtype, t.dim() == 0) for t in tensors)
         key = (func, frame.rules, low, frame.autocast, pattern, tuple(dtype_args))
         if key in _OUT_DTYPES:
             return _OUT_DTYPES[key]
@@ -396,14 +396,14 @@ class _EmulationMode(TorchFunctionMode):
                 if _tag_of(t) == fmt.name and t.is_leaf and t.requires_grad else t, args, kwargs)
         logical = self._out_dtypes(func, args, kwargs, tensors, dtype_args, frame)
         out = func(*args, **kwargs)
-        outs = _outputs(out)
-        if not outs:
-            return out
-        if inplace:
+        if inplace:  # the target keeps its dtype: a low target is rounded in place
             target = args[0] if args and isinstance(args[0], torch.Tensor) else None
             if target is not None and _tag_of(target) == fmt.name and name not in _PRESERVING \
                     and target.dtype == torch.float32:
                 self._finish_low(target, frame, True)
+            return out
+        outs = _outputs(out)
+        if not outs:
             return out
         in_ptrs = None
         new: list[torch.Tensor | None] = []
