@@ -9,6 +9,7 @@ the trainer's ``batch=-1`` uses. ``mixprec bench ...`` is the CLI (``mixprec.ben
 
 from __future__ import annotations
 
+from mixprec._callable_module import make_module_callable
 from mixprec.bench.autobatch import BatchSearch, largest_batch
 from mixprec.bench.memory import SavedTensorMeter, StateBytes, state_bytes
 from mixprec.bench.report import format_table, save_report
@@ -18,3 +19,5 @@ from mixprec.bench.tasks import BenchTask
 
 __all__ = ["BatchSearch", "BenchResult", "BenchRow", "BenchTask", "SavedTensorMeter",
            "StateBytes", "bench", "format_table", "largest_batch", "save_report", "state_bytes"]
+
+make_module_callable(__name__, bench)

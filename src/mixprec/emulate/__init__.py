@@ -5,9 +5,7 @@ graph, the backward) so that every value a GPU would store in the low-precision 
 rounded to it, while all arithmetic stays FP32. See :class:`emulate` and ``docs/emulate.md``.
 """
 
-import sys as _sys
-import types as _types
-
+from mixprec._callable_module import make_module_callable
 from mixprec.emulate.fp8 import fake_quantize, scale_for
 from mixprec.emulate.mode import (
     EMULATED_FORMATS,
@@ -31,13 +29,4 @@ __all__ = [
 ]
 
 
-class _CallableModule(_types.ModuleType):
-    """``mixprec.emulate`` is both this package and the context manager: once the package is
-    imported Python binds the *module* to ``mixprec.emulate``, so calling the module forwards to
-    :class:`emulate` (``with mixprec.emulate("16-mixed"):`` works either way)."""
-
-    def __call__(self, *args, **kwargs) -> emulate:
-        return emulate(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, emulate)
