@@ -13,7 +13,7 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
 @pytest.mark.parametrize(("preset", "param", "output"), [
     ("32", None, None), ("16-mixed", F16, F32), ("bf16-mixed", BF16, F32), ("16-master", F16, F32),
-    ("bf16-master", BF16, F32), ("bf16-true", None, BF16)])
+    ("bf16-master", BF16, F32), ("bf16-true", BF16, BF16)])
 def test_policy_maps_onto_fsdp2_mixed_precision_policy(preset, param, output):
     mpp = mpd.mixed_precision_policy(preset)
     assert (mpp.param_dtype, mpp.reduce_dtype, mpp.output_dtype) == (param, F32, output)

@@ -50,7 +50,7 @@ def mixed_precision_policy(policy: str | Policy, reduce_dtype: str | torch.dtype
                          "process; under FSDP2 use 'bf16-mixed'")
     compute = p.compute_dtype if p.compute_dtype != torch.float32 else None
     if p.casts_params and p.master_dtype is None:
-        compute = None  # *-true: parameters are already stored in the half dtype
+        compute = p.param_dtype  # *-true: shards are already half; this casts the inputs to match
     output = p.output_dtype if root and p != Policy() else None
     return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=_reduce(reduce_dtype),
                                 output_dtype=output, cast_forward_inputs=True)
