@@ -1,6 +1,8 @@
 """Two-rank scenarios for tests/distributed (run as a script, one process per rank, gloo on CPU).
 
-    RANK=r WORLD_SIZE=2 python tests/distributed/scenarios.py OUT_DIR file:///tmp/store
+    RANK=r WORLD_SIZE=2 python tests/distributed/scenarios.py OUT_DIR [cuda] file:///tmp/store
+
+(``cuda``: NCCL, rank r on cuda:r; default gloo on the CPU.)
 
 Every scenario writes ``OUT_DIR/<name>.rank<r>.pt`` (FP32 weights, step flags, loss scale) for
 test_distributed_engine.py to compare against single-process references built by ``common.py``.
@@ -22,11 +24,12 @@ import mixprec as mp
 import mixprec.distributed as mpd
 
 PRESETS = ["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master"]
+DEVICE = torch.device("cpu")
 
 
 def build(kind, preset, reduce_dtype=None):
-    model = common.make_model()
-    prec = mp.Precision(preset, device="cpu", scaler=common.make_scaler(preset))
+    model = common.make_model().to(DEVICE)
+    prec = mp.Precision(preset, device=DEVICE, scaler=common.make_scaler(preset))
     if kind == "fsdp":
         mpd.fully_shard_model(model, preset, reduce_dtype=reduce_dtype)
         opt = common.make_optimizer(model)
@@ -34,14 +37,15 @@ def build(kind, preset, reduce_dtype=None):
     else:
         opt = common.make_optimizer(model)
         model, opt = prec.setup(model, opt)
-        model = mpd.ddp(model, opt, prec, reduce_dtype=reduce_dtype)
+        ids = [DEVICE.index] if DEVICE.type == "cuda" else None
+        model = mpd.ddp(model, opt, prec, reduce_dtype=reduce_dtype, device_ids=ids)
     return model, opt, prec
 
 
 def weights(kind, model, opt):
     if kind == "fsdp":
-        return {n: p.full_tensor().detach().float().clone() for n, p in model.named_parameters()}
-    return common.fp32_weights(mpd.unwrap(model), opt)
+        return {n: p.full_tensor().detach().float().cpu() for n, p in model.named_parameters()}
+    return {n: w.cpu() for n, w in common.fp32_weights(mpd.unwrap(model), opt).items()}
 
 
 def save(out, name, kind, model, opt, prec, flags=()):
@@ -53,7 +57,7 @@ def save(out, name, kind, model, opt, prec, flags=()):
 def train(model, prec, opt, steps, start=0, inject_at=None, rank=0):
     flags = []
     for step in range(start, start + steps):
-        x, y = common.batch(step, rank=rank, world=2)
+        x, y = (t.to(DEVICE) for t in common.batch(step, rank=rank, world=2))
         with prec.autocast():
             loss = torch.nn.functional.mse_loss(model(x).float(), y)
         prec.backward(loss)
@@ -64,9 +68,14 @@ def train(model, prec, opt, steps, start=0, inject_at=None, rank=0):
     return flags
 
 
-def main(out, init):
+def main(out, init, device="cpu"):
+    global DEVICE
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    if device == "cuda":
+        DEVICE = torch.device(f"cuda:{rank}")
+        torch.cuda.set_device(DEVICE)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method=init, rank=rank,
+                            world_size=world)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*pure half precision")
     out.mkdir(parents=True, exist_ok=True)
@@ -100,12 +109,13 @@ def main(out, init):
             train(model, prec, opt, 3, start=extra["step"], rank=rank)
             save(out, f"{kind}-{preset}-resumed", kind, model, opt, prec)
     # plain DDP around a *-master model (without mpd.ddp): the step refuses, naming the fix
-    model = common.make_model()
-    prec = mp.Precision("bf16-master", device="cpu")
+    model = common.make_model().to(DEVICE)
+    prec = mp.Precision("bf16-master", device=DEVICE)
     model, opt = prec.setup(model, common.make_optimizer(model))
     setup_error = ""
     try:
-        mp.Precision("bf16-master").setup(torch.nn.parallel.DistributedDataParallel(common.make_model()))
+        mp.Precision("bf16-master").setup(
+            torch.nn.parallel.DistributedDataParallel(common.make_model().to(DEVICE)))
     except ValueError as e:
         setup_error = str(e)
     try:
@@ -125,4 +135,4 @@ def main(out, init):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[-1], *sys.argv[2:-1])

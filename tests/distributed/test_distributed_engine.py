@@ -102,3 +102,28 @@ def test_plain_ddp_around_a_master_model_is_refused_with_the_fix(results):
     errors = results("plain-ddp-master", 0)
     assert "prec.setup(model, optimizer) first" in errors["setup_error"]
     assert "mixprec.distributed.ddp" in errors["step_error"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: 2 GPUs")
+@pytest.mark.filterwarnings("ignore:.*pure half precision")
+def test_nccl_on_two_gpus(tmp_path):
+    """The same scenarios with NCCL on cuda:0/cuda:1 (not run on the CPU-only machine where this
+    was written). GPU half kernels differ from the CPU's, so parity with the CPU reference gets
+    5x the CPU tolerance (1e-5 for FP32: TF32 is off by default for matmuls)."""
+    run_ranks(HERE / "scenarios.py", [tmp_path / "out", "cuda"], tmp_path)
+
+    def load(name, rank):
+        return torch.load(tmp_path / "out" / f"{name}.rank{rank}.pt", weights_only=True)
+
+    for kind in KINDS:
+        for preset in PRESETS:
+            r0, r1 = load(f"{kind}-{preset}", 0), load(f"{kind}-{preset}", 1)
+            _assert_ranks_identical(r0, r1)
+            reference, _ = common.single_process(preset)
+            limit = 1e-5 if preset == "32" else 5 * TOLERANCE[preset]
+            assert _max_diff(r0["weights"], reference) <= limit, (kind, preset)
+        for preset in ("16-mixed", "16-master"):
+            r0, r1 = load(f"{kind}-{preset}-inf", 0), load(f"{kind}-{preset}-inf", 1)
+            _assert_ranks_identical(r0, r1)
+            assert r0["flags"] == [True, False, True]
