@@ -164,3 +164,13 @@ def test_emulated_bf16_training_goes_through_precision(tiny_data, tmp_path):
     assert "policy: bf16-mixed" in record and "emulate: true" in record
     assert "(emulated numerics)" in (result.save_dir / "args.yaml").read_text()
     assert np.isfinite(result.metrics.box.map)
+
+
+def test_autobatch_asks_mixprec_bench_for_the_batch(tiny_data, tmp_path, capsys):
+    result = train(data=str(tiny_data), epochs=1, project=str(tmp_path), plots=False,
+                   **{**FAST, "batch": -1, "verbose": True})
+    assert "autobatch: batch=" in capsys.readouterr().out
+    import yaml
+
+    batch = yaml.safe_load((result.save_dir / "args.yaml").read_text())["batch"]
+    assert isinstance(batch, int) and 1 <= batch <= 256

@@ -105,8 +105,10 @@ def _batch_size(args: dict[str, Any], model: DetectionModel, prec: Precision,
         t = torch.tensor([[i, 0, 0.5, 0.5, 0.3, 0.3] for i in range(b)], dtype=torch.float32)
         return torch.rand(b, 3, s, s), t
 
+    # on CPU a probe at a large batch takes minutes: extrapolate from batches 1 and 2
     found = largest_batch(model, batch_fn, lambda out, t: loss_fn(out, t)[0],
-                          precision=prec.policy, device=device, emulate=prec.emulate)
+                          precision=prec.policy, device=device, emulate=prec.emulate,
+                          max_batch=256, measure="linear" if device.type == "cpu" else "auto")
     print(f"autobatch: batch={found.batch} ({found.budget_source})")
     return max(int(found.batch), 1)
 
