@@ -125,3 +125,15 @@ def test_on_step_without_hooks_still_classifies(small):
 def test_nonfinite_loss_without_hooks(small, bad):
     r = SkipRecorder().on_step(None, small, False, loss=torch.tensor(bad))
     assert r.cause == "loss" and "attach" in r.explanation
+
+
+def test_master_weights_skip_names_the_parameters(small):
+    """16-master moves half gradients to FP32 masters during backward: the attribution must
+    read them there."""
+    prec = mp.Precision("16-master", scaler=mp.DynamicScaler(init_scale=2.0**24), device="cpu")
+    batches = _batches()[:1]
+    r = mp.diagnose(small, batches, F.mse_loss, precision=prec, steps=1)
+    (s,) = r.skips
+    assert s.cause == "grad_overflow" and s.params
+    assert {p["module"] for p in s.params} <= {"fc1", "fc2"}
+    assert r.module("fc2").weight_grad.counts["inf"] > 0        # seen before the move

@@ -18,6 +18,7 @@ def _hook_census(model):
                    len(m._backward_pre_hooks)]
     for p in model.parameters():
         counts.append(len(getattr(p, "_post_accumulate_grad_hooks", None) or {}))
+        counts.append(len(p._backward_hooks or {}))             # tensor hooks on the leaf
     counts += [len(module_mod._global_forward_hooks), len(module_mod._global_backward_hooks)]
     return counts
 
@@ -138,3 +139,16 @@ def test_batches_from_iterables(small):
         mp.diagnose(small, [], F.mse_loss, precision="32", steps=1)
     with pytest.raises(ValueError, match="forward=lambda"):
         mp.diagnose(small, [{"x": 1}], F.mse_loss, precision="32", steps=1)
+
+
+@pytest.mark.parametrize("preset", ["16-master", "bf16-mixed"])
+def test_other_presets(small, preset):
+    x, y = torch.randn(4, 8), torch.randn(4, 4)
+    r = mp.diagnose(small, [(x, y)], F.mse_loss, precision=preset, steps=2)
+    assert r.stepped == [True, True]
+    assert r.module("fc1").weight_grad.calls == 4            # weight and bias, two steps
+    if preset == "bf16-mixed":
+        assert r.fmt.name == "bf16" and r.recommendations["bf16"]["reason"] == "already BF16"
+        assert r.scales == [1.0, 1.0]
+    else:
+        assert r.fmt.name == "fp16" and r.scales == [2.0**16] * 2

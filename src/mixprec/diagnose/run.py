@@ -87,11 +87,11 @@ def diagnose(
     with tel:
         for batch in _stream(batches, steps):
             rng = _rng_state(net)
-            scale = float(prec.scaler.scale)
             loss = step_loss(batch)
+            scale = tel.scale                    # read by the telemetry at this forward
             prec.backward(loss)
             stepped = prec.step(opt, max_norm=max_norm)
-            tel.on_step(prec, net, stepped, loss=loss)
+            tel.on_step(prec, net, stepped, loss=loss, optimizer=opt)
             if not stepped and locate and nan_report is None:
                 tel.paused = True
                 try:

@@ -80,13 +80,19 @@ def _loss_value(loss: torch.Tensor | float | None) -> float | str | None:
 
 
 @torch.no_grad()
-def nonfinite_grads(model: nn.Module) -> list[dict[str, Any]]:
-    """Parameters of ``model`` whose ``.grad`` holds inf/NaN, in registration order:
-    ``{"param", "module", "nan", "inf", "numel"}``. One host synchronisation."""
+def nonfinite_grads(model: nn.Module, optimizer: Any = None) -> list[dict[str, Any]]:
+    """Parameters of ``model`` whose gradient holds inf/NaN, in registration order:
+    ``{"param", "module", "nan", "inf", "numel"}``. With a ``MasterWeights`` ``optimizer`` the
+    gradient of a half parameter is read from its FP32 master (where backward moved it).
+    One host synchronisation."""
+    masters = {}
+    if optimizer is not None and hasattr(optimizer, "masters"):
+        masters = {id(p): m for p, m in zip(optimizer.model_params, optimizer.masters, strict=True)}
     names, flags = [], []
     for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.detach()
+        grad = p.grad if p.grad is not None else getattr(masters.get(id(p)), "grad", None)
+        if grad is not None:
+            g = grad.detach()
             names.append((name, g.numel()))
             flags.append(torch.stack([torch.isnan(g).sum(), torch.isinf(g).sum()]))
     if not flags:
@@ -146,8 +152,11 @@ class SkipRecorder:
             self._out_ok = _all_finite(output, self._out_ok)
 
     def on_step(self, prec: Any, model: nn.Module | None, stepped: bool,
-                loss: torch.Tensor | float | None = None) -> SkipRecord | None:
+                loss: torch.Tensor | float | None = None,
+                optimizer: Any = None) -> SkipRecord | None:
         """Record one step; returns the ``SkipRecord`` for a skipped step, else None.
+        Pass ``optimizer`` (the one ``prec.setup`` returned) for master-weight presets, whose
+        gradients live on the FP32 masters.
 
         Stepped steps: reads the loss scale (one host sync when it lives on a GPU). Skipped
         steps: also reads the loss and the gradients' inf/NaN counts (a few syncs)."""
@@ -164,7 +173,7 @@ class SkipRecorder:
         inputs_finite = None if in_ok is None else bool(in_ok)
         outputs_finite = None if out_ok is None else bool(out_ok)
         loss_v = _loss_value(loss)
-        params = nonfinite_grads(model) if model is not None else []
+        params = nonfinite_grads(model, optimizer) if model is not None else []
         loss_bad = isinstance(loss_v, str)
         if loss_bad and inputs_finite is False:
             cause = "data"

@@ -14,14 +14,17 @@ report = tel.report()
 
 For every module it accumulates ``RangeAccumulator`` totals of its forward outputs, of the
 gradient flowing back into those outputs (activation gradients) and of its own parameters'
-gradients (weight gradients), judged against one float format. It also marks *overflow
-sources*: calls where a module's output overflowed (or held inf/NaN) while all its inputs were
-finite. In a *what-if* run (FP32 compute, or emulation, where FP32 tensors stand in for the
-format) "overflowed" means beyond the format's range; in a real low-precision run it means an
-actual inf/NaN, or an out-of-range value in a tensor of the low-precision dtype, so that an FP32
-island (a module kept in FP32 under autocast) is not blamed for values it legitimately holds —
-the module that casts them down is. Hooks add device work but no host synchronisation, except
-reading the loss scale once per forward of the root module (one sync when the scale lives on a GPU).
+gradients as each backward produces them (weight gradients), judged against one float format.
+
+It also marks *overflow sources*: calls where a module's output overflowed (or held inf/NaN)
+while all its inputs were finite. In a *what-if* run (FP32 compute, or emulation, where FP32
+tensors stand in for the format) "overflowed" means beyond the format's range. In a real
+low-precision run it means an actual inf/NaN, or an out-of-range value in a tensor of the
+low-precision dtype, so that an FP32 island (a module kept in FP32 under autocast) is not
+blamed for values it legitimately holds: the module that casts them down is.
+
+Hooks add device work but no host synchronisation, except reading the loss scale once per
+forward of the root module (one sync when the scale lives on a GPU).
 """
 
 from __future__ import annotations
@@ -165,8 +168,9 @@ class Telemetry:
                 if id(p) in self._param_owner or not p.requires_grad:
                     continue  # a shared parameter is reported under its first owner
                 self._param_owner[id(p)] = rec
-                self._handles.append(p.register_post_accumulate_grad_hook(
-                    self._make_param_hook(rec)))
+                # A tensor hook on the leaf sees each backward's gradient before it is
+                # accumulated (and before MasterWeights moves it to the FP32 master).
+                self._handles.append(p.register_hook(self._make_param_hook(rec)))
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook))
         self._scale = float(self._scale_fn())
         if self.skips:
@@ -237,20 +241,21 @@ class Telemetry:
         return hook
 
     def _make_param_hook(self, rec: _Record) -> Callable:
-        def hook(p: torch.Tensor) -> None:
-            if not self.paused and p.grad is not None:
+        def hook(grad: torch.Tensor) -> None:
+            if not self.paused and grad is not None:
                 with torch.no_grad(), torch._C.DisableTorchFunction():
-                    rec.weight_grad.add(p.grad, self._scale)
+                    rec.weight_grad.add(grad, self._scale)
         return hook
 
     # -- steps and results ---------------------------------------------------------------------
     def on_step(self, prec: Any, model: nn.Module | None = None, stepped: bool = True,
-                loss: torch.Tensor | None = None) -> Any:
+                loss: torch.Tensor | None = None, optimizer: Any = None) -> Any:
         """Call after ``prec.step``: records the loss scale and, for a skipped step, which
         parameters held inf/NaN gradients and why (see ``SkipRecorder.on_step``)."""
         if self.skips is None:
             raise RuntimeError("this Telemetry was built with skips=False")
-        return self.skips.on_step(prec, model or self.model, stepped, loss=loss)
+        return self.skips.on_step(prec, model or self.model, stepped, loss=loss,
+                                  optimizer=optimizer)
 
     def module_stats(self) -> list[ModuleStats]:
         """Totals per module, in registration order (host synchronisation: one per tensor read)."""
