@@ -83,6 +83,12 @@ def test_cli_help_and_bad_key(capsys):
     assert "precision" in out and "fmt" in out and "steps" in out
     assert main(["doctor", "stepz=3"]) == 2
     assert "did you mean 'steps'" in capsys.readouterr().err
+    assert main(["doctor", "precision=fp17"]) == 2
+    assert "valid presets" in capsys.readouterr().err
+    assert main(["doctor", "fmt=fp12"]) == 2
+    assert "known formats" in capsys.readouterr().err
+    assert main(["doctor", "steps=0"]) == 2
+    assert "steps=0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

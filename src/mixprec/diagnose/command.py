@@ -9,6 +9,7 @@ and writes ``doctor.json``, ``doctor.md`` and ``grad_hist.png`` to ``runs/doctor
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,28 +61,23 @@ def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, Iterator[An
 
     The forward pass runs under the precision's autocast; the loss is computed in FP32 on the
     head maps cast to FP32, as the trainer does."""
+    from mixprec.vision import Model
     from mixprec.vision.data.config import load_data_config
-    from mixprec.vision.data.dataset import build_dataloader
-    from mixprec.vision.loss import DetectionLoss
-    from mixprec.vision.models.detector import DetectionModel, load_model_yaml
     from mixprec.vision.precision_choice import select_device
-    from mixprec.vision.trainer import load_weights
 
     device = select_device(config["device"])
     torch.manual_seed(int(config["seed"]))
     data = load_data_config(config["data"], config["datasets_dir"])
     src = str(config["model"])
-    if src.endswith(".pt"):
-        model, _ = load_weights(src)
-    else:
-        model = DetectionModel(load_model_yaml(src), nc=data.nc)
-    model.to(device)
-    loss_fn = DetectionLoss(model)
+    m = Model(src, nc=None if src.endswith(".pt") else data.nc)
+    model = m.model.to(device)
+    loss_fn = m.loss()
     imgsz = int(config["imgsz"])
     if imgsz % 32:
         raise ValueError(f"imgsz={imgsz} must be a multiple of 32 (the detector's largest stride)")
-    loader = build_dataloader(data, "train", imgsz, int(config["batch"]), True,
-                              int(config["workers"]), int(config["seed"]))
+    loader = m.dataloader(config["data"], "train", imgsz, int(config["batch"]), augment=True,
+                          workers=int(config["workers"]), seed=int(config["seed"]),
+                          datasets_dir=config["datasets_dir"])
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless training batches, epoch after epoch (new shuffles and augmentations)."""
@@ -101,12 +97,33 @@ def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, Iterator[An
     return model, batches(), forward, device
 
 
+def _check(config: dict[str, Any]) -> None:
+    """Fail fast, before building the model, on values that cannot work."""
+    from mixprec.formats import get_format
+    from mixprec.policy import Policy
+
+    if str(config["precision"]).strip().lower() != "auto":
+        Policy.parse(str(config["precision"]))
+    if config["fmt"] is not None:
+        get_format(str(config["fmt"]))
+    for key in ("steps", "batch", "imgsz"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f"{key}={config[key]!r}: give a positive integer")
+
+
 def run(config: dict[str, Any]) -> int:
+    try:
+        _check(config)
+    except ValueError as err:
+        print(f"mixprec doctor: {err}", file=sys.stderr)
+        return 2
+    return _run(config)
+
+
+def _run(config: dict[str, Any]) -> int:
     from mixprec.diagnose.run import diagnose
 
     steps = int(config["steps"])
-    if steps < 1:
-        raise ValueError(f"steps={steps}: give at least 1")
     model, batches, forward, device = detector_setup(config)
     report = diagnose(model, batches, forward=forward, precision=config["precision"],
                       steps=steps, fmt=config["fmt"], lr=float(config["lr"]), device=device,
