@@ -12,6 +12,8 @@ ranks skip or step together); this package adds the pieces around it:
 - ``save_checkpoint``/``load_checkpoint``: one call for DDP (rank 0 writes a file) and FSDP2
   (``torch.distributed.checkpoint`` writes a folder, every rank its shard); exact resume.
 - ``rank()``, ``world_size()``, ``is_main_process()``, ``barrier()``, ``unwrap(model)``.
+- ``mixprec.distributed.launch``: what the trainer uses for ``device=0,1`` (relaunch under
+  torchrun, join the process group, shard the training loader).
 
 See docs/distributed.md for the recipes.
 """

@@ -9,7 +9,8 @@
   place by rank 0 after all ranks finished, so a crash never leaves a half-written checkpoint.
   Loading (``set_state_dict``) works for the same world size; DCP also reshards to another.
 
-Both are collective: every rank must call them.
+Both are collective: every rank must call them, with the same path, on a filesystem that all
+ranks share (one machine, or a shared mount across nodes).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from mixprec import io
-from mixprec.distributed.ranks import barrier, is_initialized, is_main_process, rank, unwrap
+from mixprec.distributed.ranks import barrier, is_main_process, rank, unwrap
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -34,14 +34,6 @@ def _is_sharded(model: nn.Module) -> bool:
     from mixprec.precision import _is_fsdp2
 
     return _is_fsdp2(unwrap(model))
-
-
-def _broadcast_path(path: Path) -> Path:
-    """Rank 0's choice of a temporary path, agreed by all ranks."""
-    box = [str(path)]
-    if is_initialized():
-        dist.broadcast_object_list(box, src=0)
-    return Path(box[0])
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -65,7 +57,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    tmp = _broadcast_path(path.with_name(f".{path.name}.tmp"))
+    tmp = path.with_name(f".{path.name}.tmp")
     if is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from mixprec.policy import Policy, dtype_name, parse_dtype
+from mixprec.policy import Policy, parse_dtype
 from mixprec.precision import NORM_LAYERS
 
-__all__ = ["describe", "fully_shard_model", "mixed_precision_policy"]
+__all__ = ["fully_shard_model", "mixed_precision_policy"]
 
 _REDUCE = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -116,12 +116,3 @@ def fully_shard_model(
     fully_shard(model, mp_policy=mixed_precision_policy(p, reduce, root=True), **kwargs)
     return model  # type: ignore[return-value]
 
-
-def describe(policy: str | Policy, reduce_dtype: str | torch.dtype | None = None) -> str:
-    """One line naming the FSDP2 dtypes a policy maps to (for logs)."""
-    mpp = mixed_precision_policy(policy, reduce_dtype)
-    name = lambda d: dtype_name(d) if d is not None else "float32"  # noqa: E731
-    p = Policy.parse(policy)
-    shards = dtype_name(p.param_dtype) if p.casts_params and p.master_dtype is None else "float32 (master)"
-    return (f"FSDP2 {p}: shards {shards}, all-gather {name(mpp.param_dtype)}, reduce-scatter "
-            f"{name(mpp.reduce_dtype)}, output {name(mpp.output_dtype)}")
