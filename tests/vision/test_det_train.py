@@ -90,10 +90,8 @@ def test_predict_on_a_saved_model(shapes8_run, tmp_path):
 
 
 def test_val_reproduces_the_final_metrics(shapes8_run, tmp_path):
-    model = Model(shapes8_run.best)
-    datasets = shapes8_run.save_dir.parent.parent / "datasets"
-    m = model.val(imgsz=64, batch=8, workers=0, plots=False, datasets_dir=str(datasets),
-                  project=str(tmp_path), verbose=False)
+    model = Model(shapes8_run.best)  # data, imgsz, datasets_dir default to the training run's
+    m = model.val(batch=8, workers=0, plots=False, project=str(tmp_path), verbose=False)
     assert m.box.map50 == pytest.approx(shapes8_run.metrics.box.map50, abs=1e-9)
     assert m.box.map == pytest.approx(shapes8_run.metrics.box.map, abs=1e-9)
 
@@ -151,9 +149,8 @@ def test_cli_predict_and_val_on_a_saved_model(shapes8_run, tmp_path, capsys):
     assert cli_main(["predict", f"model={shapes8_run.best}", f"source={images}", "imgsz=64",
                      f"project={tmp_path}", "conf=0.0", "max_det=1"]) == 0
     assert "1 objects" in capsys.readouterr().out
-    datasets = shapes8_run.save_dir.parent.parent / "datasets"
-    assert cli_main(["val", f"model={shapes8_run.best}", "imgsz=64", "workers=0", "plots=False",
-                     f"datasets_dir={datasets}", f"project={tmp_path}"]) == 0
+    assert cli_main(["val", f"model={shapes8_run.best}", "workers=0", "plots=False",
+                     f"project={tmp_path}"]) == 0
     assert "mAP50-95" in capsys.readouterr().out
 
 

@@ -64,6 +64,8 @@ VAL_KEYS: dict[str, Key] = {k: TRAIN_KEYS[k] for k in (
     "model", "data", "imgsz", "batch", "device", "workers", "amp", "emulate", "conf", "iou",
     "max_det", "save_json", "plots", "project", "name", "exist_ok", "datasets_dir", "verbose")}
 VAL_KEYS = {**VAL_KEYS, "model": Key("runs/detect/train/weights/best.pt", "a .pt checkpoint"),
+            "data": Key(None, "data YAML; None: the data the checkpoint was trained on"),
+            "imgsz": Key(None, "image size; None: the checkpoint's training size"),
             "split": Key("val", "split to evaluate: val or test"),
             "name": Key("val", "run name; val, val2, ... unless exist_ok")}
 

@@ -69,10 +69,15 @@ class Model:
         return result.metrics
 
     def val(self, **kwargs: Any) -> ValResults:
-        """Validate on ``data`` (default: the data this model was trained on)."""
-        if "data" not in kwargs and self.ckpt is not None:
-            kwargs["data"] = self.ckpt["args"]["data"]
+        """Validate (keys as ``mixprec val --help``); ``data``, ``imgsz`` and ``datasets_dir``
+        default to those the checkpoint was trained with."""
         a = check_keys({"model": self.source, **kwargs}, VAL_KEYS, "val")
+        trained = self.ckpt["args"] if self.ckpt is not None else {}
+        for key in ("data", "imgsz", "datasets_dir"):  # default: as the model was trained
+            if kwargs.get(key) is None and key in trained:
+                a[key] = trained[key]
+        if a["data"] is None or a["imgsz"] is None:
+            raise ValueError("give data=... and imgsz=... (this model has no training record)")
         device = select_device(a["device"])
         prec, _ = choose_precision(a["amp"], device, a["emulate"])
         data = load_data_config(a["data"], a["datasets_dir"])

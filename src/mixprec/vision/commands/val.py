@@ -15,8 +15,7 @@ def run(config: dict[str, Any]) -> int:
 
     config = dict(config)
     model = Model(config.pop("model"))
-    given = {k: v for k, v in config.items() if v != VAL_KEYS[k].default or k == "data"}
-    if given.get("data") == VAL_KEYS["data"].default and model.ckpt is not None:
-        given["data"] = model.ckpt["args"]["data"]
+    # keys left at their default fall back to the checkpoint's training args inside val()
+    given = {k: v for k, v in config.items() if v != VAL_KEYS[k].default}
     model.val(**given)
     return 0
