@@ -1,0 +1,69 @@
+"""Optimizer groups, the warmup/decay schedule, skipped steps and the FP32 EMA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mixprec.precision import Precision
+from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
+
+
+def test_groups_decay_only_weights():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4))
+    opt = build_optimizer(net, "SGD", 0.01, 0.9, 5e-4)
+    names = [g["name"] for g in opt.param_groups]
+    assert names == ["weight", "norm", "bias"]
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1, 2]
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0, 0.0]
+
+
+def test_auto_optimizer_rule():
+    assert resolve_optimizer("auto", 0.01, 0.937, nc=6, iterations=100)[:3] == ("AdamW", 0.001, 0.9)
+    assert resolve_optimizer("auto", 0.01, 0.937, nc=6, iterations=20_000)[:3] == ("SGD", 0.01, 0.9)
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_optimizer("lion", 0.01, 0.9, 6, 10)
+
+
+def test_schedule_warmup_then_linear_decay():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    opt = build_optimizer(net, "SGD", 0.01, 0.937, 0.0)
+    s = Schedule(opt, lr0=0.01, lrf=0.01, total=100, warmup=10, warmup_bias_lr=0.1,
+                 warmup_momentum=0.8, momentum=0.937)
+    assert s.lrs() == [0.0, 0.0, 0.1] and opt.param_groups[0]["momentum"] == 0.8
+    for _ in range(10):
+        s.step()
+    expected = 0.01 * ((1 - 10 / 100) * (1 - 0.01) + 0.01)
+    assert s.lrs() == pytest.approx([expected] * 3) and opt.param_groups[0]["momentum"] == 0.937
+    state = s.state_dict()
+    s2 = Schedule(opt, 0.01, 0.01, 100, 10)
+    s2.load_state_dict(state)
+    assert s2.lrs() == pytest.approx(s.lrs())
+
+
+def test_a_skipped_step_does_not_advance_the_schedule():
+    net = nn.Linear(3, 1)
+    opt = build_optimizer(net, "SGD", 0.01, 0.9, 0.0)
+    prec = Precision("16-mixed", device="cpu")
+    net, opt = prec.setup(net, opt)
+    sched = Schedule(opt, 0.01, 0.01, total=10, warmup=0)
+    before = [p.detach().clone() for p in net.parameters()]
+    prec.backward(net(torch.full((1, 3), float("inf"))).sum())  # inf gradients: must skip
+    assert prec.step(opt, max_norm=10.0, scheduler=sched) is False
+    assert sched.count == 0 and prec.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    opt.zero_grad(set_to_none=True)
+    prec.backward(net(torch.ones(1, 3)).sum())
+    assert prec.step(opt, max_norm=10.0, scheduler=sched) is True and sched.count == 1
+
+
+def test_ema_is_fp32_and_follows_the_model():
+    net = nn.Linear(2, 2).to(torch.bfloat16)
+    ema = ModelEMA(net, decay=0.5, tau=1e-9)  # effective decay 0.5 from the first update
+    assert ema.ema.weight.dtype == torch.float32
+    start = ema.ema.weight.clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    torch.testing.assert_close(ema.ema.weight, 0.5 * start + 0.5 * net.weight.float())
