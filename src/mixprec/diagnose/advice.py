@@ -161,11 +161,12 @@ def recommendations(modules: Sequence[Any], act_grad: RangeSummary | None,
             f"no single loss scale keeps gradients clear of both {fmt.name} underflow and "
             f"overflow with a {margin_bits}-bit margin; BF16's range covers them")}
     elif scale is not None:
+        trade = (f"; BF16 would need no scaling but keeps {fmt.mantissa_bits - 7} fewer mantissa "
+                 f"bits (eps 2**-7 vs 2**-{fmt.mantissa_bits})" if fmt.mantissa_bits > 7 else "")
         bf16 = {"better": False, "reason": (
             f"{fmt.name} fits with loss scale 2**{scale['log2']} "
             f"({100 * scale['act_grad_underflow_share_at_scale']:.2g}% of activation gradients "
-            "still flush to zero); BF16 would need no scaling but keeps 3 fewer mantissa bits "
-            "(eps 2**-8 vs 2**-11)")}
+            f"still flush to zero){trade}")}
     else:
         bf16 = {"better": None, "reason": "no gradients were measured"}
     return {"keep_fp32": keep, "init_scale": scale, "bf16": bf16}

@@ -17,7 +17,8 @@ def plot_histograms(panels: list[tuple[str, RangeSummary | None]], fmt: FloatFor
     """One panel per (title, summary): the share of elements per power of two (unscaled values),
     the exact-zero share as a bar at the left, and the format's limits: values left of the
     flush line become zero, between it and the normal line are subnormal, right of max overflow.
-    ``scale_log2``: also draw where the flush line moves under that loss scale."""
+    ``scale_log2``: also draw, on gradient panels (title containing "grad"), where the flush
+    line moves under that loss scale."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +44,7 @@ def plot_histograms(panels: list[tuple[str, RangeSummary | None]], fmt: FloatFor
                    label=f"smallest normal (2**{fmt.min_exponent})")
         ax.axvline(int(fmt.max).bit_length(), color="#c44e52", lw=1.2,
                    label=f"max {fmt.max:g}")
-        if scale_log2:
+        if scale_log2 and "grad" in title:
             ax.axvline(flush - scale_log2, color="#8172b2", lw=1.2, ls=":",
                        label=f"flush line at loss scale 2**{scale_log2}")
         under = 100 * s.counts["underflow_1"] / n if "underflow_1" in s.counts else 0.0

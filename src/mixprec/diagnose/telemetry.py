@@ -56,9 +56,9 @@ def telemetry_format(precision: Any = None, fmt: str | torch.dtype | FloatFormat
         return get_format(fmt)
     policy = getattr(precision, "policy", None)
     if policy is not None and policy.compute_dtype != torch.float32:
-        f = get_format(policy.compute_dtype)
-        # FP8 compute keeps gradients in E5M2 (the HYBRID recipe); judge activations in E4M3.
-        return f
+        # One format for all three kinds: for fp8-mixed that is E4M3 (the forward format); pass
+        # fmt="fp8_e5m2" to judge the gradients against the HYBRID recipe's backward format.
+        return get_format(policy.compute_dtype)
     return get_format("fp16")
 
 
