@@ -9,6 +9,7 @@ test_distributed_engine.py to compare against single-process references built by
 One launch runs them all, so the ~10 s start-up of two torch processes is paid once.
 """
 
+import contextlib
 import os
 import sys
 import warnings
@@ -68,6 +69,28 @@ def train(model, prec, opt, steps, start=0, inject_at=None, rank=0):
     return flags
 
 
+def train_accumulating(kind, model, prec, opt, steps, rank, no_sync):
+    """Each step: this rank's rows in two micro-batches (loss halved), one optimizer step.
+    ``no_sync``: the first backward skips the gradient all-reduce (DDP ``no_sync`` / FSDP2
+    ``set_requires_gradient_sync(False)``), the second reduces the accumulated sum."""
+    for step in range(steps):
+        x, y = (t.to(DEVICE) for t in common.batch(step, rank=rank, world=2))
+        for micro in range(2):
+            rows = slice(micro * 2, micro * 2 + 2)
+            sync = not (no_sync and micro == 0)
+            if kind == "fsdp":
+                model.set_requires_gradient_sync(sync)
+                context = contextlib.nullcontext()
+            else:
+                context = contextlib.nullcontext() if sync else model.no_sync()
+            with context:
+                with prec.autocast():
+                    loss = torch.nn.functional.mse_loss(model(x[rows]).float(), y[rows]) / 2
+                prec.backward(loss)
+        prec.step(opt, max_norm=common.MAX_NORM)
+        opt.zero_grad(set_to_none=True)
+
+
 def main(out, init, device="cpu"):
     global DEVICE
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -108,6 +131,11 @@ def main(out, init, device="cpu"):
             extra = mpd.load_checkpoint(ckpt, model, opt, prec)
             train(model, prec, opt, 3, start=extra["step"], rank=rank)
             save(out, f"{kind}-{preset}-resumed", kind, model, opt, prec)
+    for kind in ("ddp", "fsdp"):  # gradient accumulation over two micro-batches
+        for no_sync in (False, True):
+            model, opt, prec = build(kind, "bf16-master")
+            train_accumulating(kind, model, prec, opt, common.STEPS, rank, no_sync)
+            save(out, f"{kind}-bf16-master-accum{'-nosync' if no_sync else ''}", kind, model, opt, prec)
     # plain DDP around a *-master model (without mpd.ddp): the step refuses, naming the fix
     model = common.make_model().to(DEVICE)
     prec = mp.Precision("bf16-master", device=DEVICE)

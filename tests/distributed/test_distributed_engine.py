@@ -78,6 +78,20 @@ def test_inf_on_rank1_only_makes_both_ranks_skip_and_halve_the_scale(results, ki
     assert r0["skipped"] == r1["skipped"] == 1
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("no_sync", [False, True], ids=["sync-each", "no-sync-first"])
+def test_gradient_accumulation_over_micro_batches(results, kind, no_sync):
+    """bf16-master, each rank's rows in two micro-batches (loss halved), with or without skipping
+    the first all-reduce: same result as one process stepping on the whole batch. Under DDP the
+    micro-batch gradients add up in BF16 ``.grad`` (deferred master collection), under FSDP2 in
+    the FP32 shards."""
+    name = f"{kind}-bf16-master-accum{'-nosync' if no_sync else ''}"
+    r0, r1 = results(name, 0), results(name, 1)
+    _assert_ranks_identical(r0, r1)
+    reference, _ = common.single_process("bf16-master")
+    assert _max_diff(r0["weights"], reference) <= TOLERANCE["bf16-master"]
+
+
 def test_without_the_all_reduced_verdict_ranks_diverge(results):
     """Negative control for the test above: with Precision's all-reduce disabled, rank 0 steps
     where rank 1 skips, and the replicas drift apart."""
