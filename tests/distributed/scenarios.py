@@ -111,9 +111,10 @@ def main(out, init, device="cpu"):
             model, opt, prec = build(kind, preset)
             flags = train(model, prec, opt, common.STEPS, rank=rank)
             save(out, f"{kind}-{preset}", kind, model, opt, prec, flags)
-        model, opt, prec = build(kind, "bf16-mixed", reduce_dtype="bf16")  # compressed reduction
-        save(out, f"{kind}-bf16-mixed-reduce-bf16", kind, model, opt, prec,
-             train(model, prec, opt, common.STEPS, rank=rank))
+        for preset, reduce in (("bf16-mixed", "bf16"), ("16-mixed", "fp16")):  # compressed reduction
+            model, opt, prec = build(kind, preset, reduce_dtype=reduce)
+            save(out, f"{kind}-{preset}-reduce-{reduce}", kind, model, opt, prec,
+                 train(model, prec, opt, common.STEPS, rank=rank))
         for preset in ("16-mixed", "16-master"):  # inf on rank 1 only
             model, opt, prec = build(kind, preset)
             flags = train(model, prec, opt, 3, inject_at=1, rank=rank)

@@ -61,11 +61,13 @@ def test_two_ranks_match_one_process_on_the_concatenated_batches(results, kind, 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bf16_gradient_reduction_stays_close(results, kind):
-    r0, r1 = results(f"{kind}-bf16-mixed-reduce-bf16", 0), results(f"{kind}-bf16-mixed-reduce-bf16", 1)
+@pytest.mark.parametrize(("preset", "reduce"), [("bf16-mixed", "bf16"), ("16-mixed", "fp16")])
+def test_half_gradient_reduction_stays_close(results, kind, preset, reduce):
+    """DDP compress hooks / FSDP2 reduce_dtype: one more rounding of each averaged gradient."""
+    r0, r1 = results(f"{kind}-{preset}-reduce-{reduce}", 0), results(f"{kind}-{preset}-reduce-{reduce}", 1)
     _assert_ranks_identical(r0, r1)
-    reference, _ = common.single_process("bf16-mixed")
-    assert _max_diff(r0["weights"], reference) <= TOLERANCE["bf16-mixed"]
+    reference, _ = common.single_process(preset)
+    assert _max_diff(r0["weights"], reference) <= TOLERANCE[preset]
 
 
 @pytest.mark.parametrize("kind", KINDS)
