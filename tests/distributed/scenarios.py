@@ -5,7 +5,7 @@
 (``cuda``: NCCL, rank r on cuda:r; default gloo on the CPU.)
 
 Every scenario writes ``OUT_DIR/<name>.rank<r>.pt`` (FP32 weights, step flags, loss scale) for
-test_distributed_engine.py to compare against single-process references built by ``common.py``.
+test_distributed_engine.py to compare against single-process references built by ``dist_common.py``.
 One launch runs them all, so the ~10 s start-up of two torch processes is paid once.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common
+import dist_common as common
 
 import mixprec as mp
 import mixprec.distributed as mpd

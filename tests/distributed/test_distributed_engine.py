@@ -10,8 +10,8 @@ import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-import common  # noqa: E402
-from launch import run_ranks  # noqa: E402
+import dist_common as common  # noqa: E402
+from dist_launch import run_ranks  # noqa: E402
 
 PRESETS = ["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master", "16-true", "bf16-true"]
 # max |w_2ranks - w_1process| over all FP32 weights after STEPS steps of SGD(lr=0.1, momentum=0.9)
