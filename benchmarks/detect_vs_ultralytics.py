@@ -54,7 +54,7 @@ for path in cfg["val_images"]:
     preds[path] = [[*b.tolist(), float(s), int(c)] for b, s, c in zip(r.boxes, r.scores, r.classes)]
 n = sum(p.numel() for p in model.parameters())
 print("RESULT" + json.dumps({"images_per_s": seen / t_train, "train_s": t_train, "params": n,
-                             "preds": preds}))
+                             "torch": torch.__version__, "preds": preds}))
 '''
 
 ULTRALYTICS_CHILD = r'''
@@ -83,8 +83,10 @@ for path in cfg["val_images"]:
     preds[path] = [[*xy.tolist(), float(s), int(c)] for xy, s, c in
                    zip(b.xyxy.cpu(), b.conf.cpu(), b.cls.cpu())]
 n = sum(p.numel() for p in model.model.parameters())
+import ultralytics
 print("RESULT" + json.dumps({"images_per_s": times["seen"] / times["t"], "train_s": times["t"],
-                             "params": n, "preds": preds}))
+                             "params": n, "torch": torch.__version__ + ", ultralytics "
+                             + ultralytics.__version__, "preds": preds}))
 '''
 
 
@@ -109,6 +111,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--close-mosaic", type=int, default=1)
     ap.add_argument("--models", default="det-n,yolov8n.yaml,yolo26n.yaml")
+    ap.add_argument("--train-limit", type=int, default=0, help="use the first N train images")
+    ap.add_argument("--val-limit", type=int, default=0, help="use the first N val images")
     a = ap.parse_args()
 
     import numpy as np
@@ -120,9 +124,21 @@ def main() -> int:
     from mixprec.vision.metrics import coco_evaluate, coco_ground_truth, coco_predictions
 
     data = load_data_config(a.data, a.datasets_dir)
+    out = Path(tempfile.mkdtemp(prefix="detbench_"))
+    if a.train_limit or a.val_limit:  # a subset, written as .txt image lists
+        lists = {}
+        for split, limit in (("train", a.train_limit), ("val", a.val_limit)):
+            files = image_files(data.splits[split])
+            files = files[:limit] if limit else files
+            lists[split] = out / f"{split}.txt"
+            lists[split].write_text("".join(f"{p}\n" for p in files))
+        names = "".join(f"  {k}: {v}\n" for k, v in data.names.items())
+        subset = out / "subset.yaml"
+        subset.write_text(f"path: {out}\ntrain: {lists['train']}\nval: {lists['val']}\n"
+                          f"names:\n{names}")
+        data = load_data_config(subset)
     val_images = image_files(data.splits["val"])
     index = scan(val_images, data.nc)
-    out = Path(tempfile.mkdtemp(prefix="detbench_"))
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "YOLO_OFFLINE": "1",
            "YOLO_CONFIG_DIR": str(out / "ulcfg")}
     cfg = {"data": str(data.yaml_path), "epochs": a.epochs, "imgsz": a.imgsz, "batch": a.batch,
@@ -143,6 +159,7 @@ def main() -> int:
             dets += coco_predictions(i + 1, np.array(res["preds"][p], dtype=np.float64).reshape(-1, 6))
         map50, map_, _ = coco_evaluate(gt, dets)
         rows.append((name, res["params"], res["images_per_s"], map50, map_, time.time() - t0))
+        print(f"{name}: torch {res['torch']}")
         print(f"{name}: {res['images_per_s']:.2f} img/s, mAP50 {map50:.4f}, mAP50-95 {map_:.4f}",
               flush=True)
     dev = describe_device("cpu")

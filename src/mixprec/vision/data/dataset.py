@@ -152,7 +152,8 @@ def build_dataloader(data: DataConfig, split: str, imgsz: int, batch: int, train
     images = image_files(data.splits[split])
     if not images:
         raise ValueError(f"no images found for '{split}' in {data.splits[split]}")
-    cache = label_path(images[0]).parent.with_suffix(".cache")
+    # not YOLO's "<labels>.cache" name, so both tools can share a dataset folder
+    cache = label_path(images[0]).parent.with_suffix(".mixprec.cache")
     index = scan(images, data.nc, cache, prefix=f"{split}: ")
     ds = DetectionDataset(index, imgsz, (augment or AugmentConfig()) if train else None, seed)
     sampler = EpochSampler(len(ds), shuffle=train, seed=seed)

@@ -4,7 +4,7 @@ Every image is opened once (size, readability) and its label file parsed. A file
 (malformed line, class id out of range, coordinate outside [0, 1], duplicate rows, unreadable
 or missing image) is reported once with the reason and skipped; a summary is printed and the
 run goes on. An empty or absent label file makes a background image. The scan result is cached
-in ``<labels folder>.cache`` (JSON), keyed by the paths, sizes and modification times.
+in ``<labels folder>.mixprec.cache`` (JSON), keyed by the paths, sizes and modification times.
 """
 
 from __future__ import annotations
