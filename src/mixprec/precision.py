@@ -154,7 +154,8 @@ class Precision:
 
         ``*-master``/``*-true``: non-normalisation parameters and buffers are cast to the half
         dtype in place (``Parameter`` objects are kept, so existing optimizer references stay
-        valid); normalisation layers stay FP32 and see FP32 inputs; floating model inputs are cast
+        valid); normalisation layers keep FP32 weights (BatchNorm normalises the half input with
+        FP32 statistics; other norms are fed FP32 inputs); floating model inputs are cast
         to the compute dtype. Mixed policies keep FP32 parameters. Floating model outputs are
         cast to the policy's output dtype. For ``*-master`` the optimizer is wrapped in
         ``MasterWeights``, initialised from the FP32 weights as they were before the cast.
@@ -242,7 +243,9 @@ class Precision:
         for param in params:
             param.grad = None
             if self.emulate:
-                param.copy_(round_to(param, dtype))  # FP32 storage holding half values
+                from mixprec.emulate import mark_storage
+
+                mark_storage(param, dtype)  # FP32 storage holding half values, tagged as such
             else:
                 param.data = param.data.to(dtype)
         if self.emulate:
@@ -261,7 +264,9 @@ class Precision:
         self._hooks.append(model.register_forward_pre_hook(
             lambda _m, args: _cast_floats(args, compute)))
         for m in model.modules():
-            if isinstance(m, NORM_LAYERS):
+            # BatchNorm takes half inputs with FP32 weights and statistics natively (FP32 math
+            # inside) and saves the half input for backward; other norms get FP32 inputs.
+            if isinstance(m, NORM_LAYERS) and not isinstance(m, nn.modules.batchnorm._BatchNorm):
                 self._hooks.append(m.register_forward_pre_hook(
                     lambda _m, args: _cast_floats(args, torch.float32)))
                 self._hooks.append(m.register_forward_hook(
@@ -393,7 +398,14 @@ class Precision:
 
     @contextlib.contextmanager
     def no_autocast(self) -> Iterator[None]:
-        """Run a region in FP32 inside ``autocast()`` (e.g. a numerically sensitive loss)."""
+        """Run a region in FP32 inside ``autocast()`` (e.g. a numerically sensitive loss);
+        under ``emulate=True`` it switches the emulator off for the region."""
+        if self.emulate:
+            from mixprec.emulate import emulate
+
+            with emulate(None):
+                yield
+            return
         device_type = (self.device or torch.device("cpu")).type
         with torch.autocast(device_type, enabled=False):
             yield

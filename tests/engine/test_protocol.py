@@ -166,3 +166,34 @@ def test_existing_optimizer_state_moves_to_the_masters():
     assert len(wrapped.state) == 2
     assert all(s["exp_avg"].dtype == torch.float32 for s in wrapped.state.values())
     assert all(m in wrapped.state for m in wrapped.masters)
+
+
+def test_master_batchnorm_normalises_half_inputs_with_fp32_statistics():
+    """BatchNorm keeps FP32 weights and running stats but takes (and saves) the half input."""
+    model = _net()
+    prec = mp.Precision("16-master", device="cpu")
+    model, _ = prec.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    seen = {}
+    model[1].register_forward_hook(lambda m, i, o: seen.update(inp=i[0].dtype, out=o.dtype))
+    model[5].register_forward_hook(lambda m, i, o: seen.update(ln_inp=i[0].dtype))
+    with prec.autocast():
+        model(torch.randn(2, 3, 6, 6))
+    assert seen == {"inp": torch.float16, "out": torch.float16, "ln_inp": torch.float32}
+    assert model[1].weight.dtype == model[1].running_var.dtype == torch.float32
+
+
+def test_emulated_master_tags_storage_and_no_autocast_leaves_emulation():
+    from mixprec.emulate import is_emulating, logical_dtype
+
+    model = _net()
+    prec = mp.Precision("16-master", device="cpu", emulate=True)
+    model, opt = prec.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert model[0].weight.dtype == torch.float32  # storage stays FP32 ...
+    assert logical_dtype(model[0].weight) == torch.float16  # ... holding FP16 values
+    assert torch.equal(model[0].weight, model[0].weight.half().float())
+    assert logical_dtype(model[1].weight) == torch.float32  # norm layers are not half
+    with prec.autocast():
+        assert is_emulating()
+        with prec.no_autocast():
+            assert not is_emulating()
+        assert is_emulating()
