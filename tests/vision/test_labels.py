@@ -100,3 +100,27 @@ def test_builtin_dataset_generated_deterministically(tmp_path):
     assert a.nc == 6 and a.splits["val"] == a.splits["train"]
     # a second call reuses the generated files
     assert load_data_config("shapes8.yaml", datasets_dir=tmp_path / "a").root == a.root
+
+
+def test_val_letterbox_maps_back_to_original_pixels(tmp_path):
+    """Labels of a letterboxed, non-square image map back onto the original labels exactly."""
+    import torch
+    from PIL import Image
+
+    from mixprec.vision.boxes import xywh2xyxy
+    from mixprec.vision.data import DetectionDataset
+    from mixprec.vision.postprocess import scale_boxes
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.new("RGB", (300, 150), (100, 100, 100)).save(root / "images" / "a.png")
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n1 0.1 0.8 0.1 0.2\n")
+    index = scan([root / "images" / "a.png"], nc=2)
+    sample = DetectionDataset(index, imgsz=128)[0]
+    assert tuple(sample["image"].shape) == (3, 128, 128) and sample["shape"] == (300, 150)
+    boxes = xywh2xyxy(sample["targets"][:, 2:]) * 128
+    back = scale_boxes(boxes, sample["ratio_pad"], sample["shape"])
+    expected = xywh2xyxy(torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.1, 0.8, 0.1, 0.2]])) * \
+        torch.tensor([300.0, 150, 300, 150])
+    torch.testing.assert_close(back, expected, atol=0.01, rtol=0)

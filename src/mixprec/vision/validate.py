@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,6 @@ def validate(model: torch.nn.Module, loader: DataLoader, names: dict[int, str],
     """Evaluate ``model`` (eval mode inside, restored after) on ``loader`` (a non-augmented
     loader from ``build_dataloader``). ``autocast``: a context factory such as
     ``prec.autocast`` (None: FP32). Synchronises with the host once per batch (NMS)."""
-    import time
-
     was_training = model.training
     model.eval()
     head = model.head
