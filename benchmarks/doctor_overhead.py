@@ -46,7 +46,11 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch's default); 1 is steadier on a busy CPU")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     prec = mp.Precision(args.precision, device=device)
@@ -86,7 +90,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "environment": describe_device(device),
-        "config": vars(args),
+        "config": {**vars(args), "torch_threads": torch.get_num_threads()},
         "step_ms": {k: round(1e3 * v, 3) for k, v in med.items()},
         "ratio_on_vs_off": round(med["on"] / med["off"], 3),
         "ratio_detached_vs_off": round(med["detached"] / med["off"], 3),

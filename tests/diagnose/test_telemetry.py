@@ -91,6 +91,8 @@ def test_inplace_activation_and_tuple_outputs():
     stats = {m.name: m for m in tel.module_stats()}
     assert stats["two"].forward.elements == 24 and stats["two"].act_grad.elements == 24
     assert stats["lin"].act_grad.elements == 12 and stats["lin"].weight_grad.elements == 20
+    # the in-place ReLU changed lin's output tensor after lin's hook: measured before and after
+    assert stats["lin"].forward.counts["zeros"] == 0 < stats["relu"].forward.counts["zeros"]
 
 
 def test_works_in_a_users_loop_with_precision(small):

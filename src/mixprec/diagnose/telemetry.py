@@ -30,6 +30,7 @@ forward of the root module (one sync when the scale lives on a GPU).
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,13 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from mixprec.diagnose.skips import SkipRecorder
-from mixprec.diagnose.stats import _FIELDS, RangeAccumulator, RangeSummary
+from mixprec.diagnose.stats import (
+    _FIELDS,
+    RangeAccumulator,
+    RangeSummary,
+    format_thresholds,
+    range_counts,
+)
 from mixprec.formats import FloatFormat, get_format
 
 __all__ = ["ModuleStats", "Telemetry", "telemetry_format"]
@@ -116,6 +123,7 @@ class Telemetry:
             raise TypeError(f"Telemetry needs an nn.Module, got {type(model).__name__}")
         self.model = model
         self.fmt = telemetry_format(precision, fmt)
+        self.thr = format_thresholds(self.fmt)
         if what_if is None:
             policy = getattr(precision, "policy", None)
             what_if = (policy is None or policy.compute_dtype == torch.float32
@@ -131,6 +139,7 @@ class Telemetry:
         self._param_owner: dict[int, _Record] = {}
         self._order = 0
         self._border = 0
+        self._memo: dict[int, tuple[Any, int, float, tuple[torch.Tensor, ...]]] = {}
         self.forwards = 0
         self.paused = False
         self.skips = SkipRecorder(model, path=path, precision=precision) if skips else None
@@ -189,8 +198,30 @@ class Telemetry:
             return
         self._order = 0
         self._border = 0
+        self._memo.clear()
         self.forwards += 1
         self._scale = float(self._scale_fn())
+
+    def _counts(self, t: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
+        """``range_counts`` of ``t``, computed once per tensor version: a container's output is
+        usually its last child's output tensor, and gradients reach both through the same
+        tensor. Weak references: the memo keeps no tensor alive."""
+        key = id(t)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0]() is t and hit[1] == t._version and hit[2] == scale:
+            return hit[3]
+        res = range_counts(t, self.thr, scale)
+        if len(self._memo) > 4096:
+            self._memo.clear()
+        self._memo[key] = (weakref.ref(t), t._version, scale, res)
+        return res
+
+    def _finite(self, t: torch.Tensor) -> torch.Tensor:
+        hit = self._memo.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            vec = hit[3][0]
+            return (vec[_NAN] + vec[_INF]) == 0
+        return torch.isfinite(t.detach()).all()
 
     def _make_forward_hook(self, rec: _Record) -> Callable:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
@@ -205,14 +236,14 @@ class Telemetry:
             with torch.no_grad(), torch._C.DisableTorchFunction():
                 bad_out = None
                 for t in outs:
-                    vec = rec.forward.add(t)
+                    vec = rec.forward.add(None, counts=self._counts(t, 1.0))
                     stand_in = self.what_if or t.dtype not in (torch.float32, torch.float64)
                     b = (vec[_OVF if stand_in else _INF] + vec[_NAN]) > 0
                     bad_out = b if bad_out is None else bad_out | b.to(bad_out.device)
                 ins = _float_tensors((args, kwargs))
                 clean_in = torch.ones((), dtype=torch.bool, device=bad_out.device)
                 for t in ins:
-                    clean_in = clean_in & torch.isfinite(t.detach()).all().to(clean_in.device)
+                    clean_in = clean_in & self._finite(t).to(clean_in.device)
                 src = bad_out & clean_in
                 if rec.source_calls is None:
                     rec.source_calls = src.long()
@@ -233,7 +264,7 @@ class Telemetry:
             order = self._border
             self._border += 1
             with torch.no_grad(), torch._C.DisableTorchFunction():
-                vec = rec.act_grad.add(grad, self._scale)
+                vec = rec.act_grad.add(None, self._scale, counts=self._counts(grad, self._scale))
                 bad = (vec[_NAN] + vec[_INF]) > 0
                 first = torch.where(bad, order, _BIG)
                 rec.first_bad_grad = first if rec.first_bad_grad is None else torch.minimum(
