@@ -91,7 +91,6 @@ def test_cli_help_and_bad_key(capsys):
     assert "steps=0" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_cli_runs_det_n_on_shapes8(tmp_path, capsys):
     rc = main(["doctor", "model=det-n.yaml", "data=shapes8.yaml", "precision=32", "fmt=fp16",
                "steps=1", "imgsz=64", "batch=2", f"project={tmp_path}",
