@@ -12,10 +12,7 @@ step was skipped.
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
+from mixprec._callable_module import make_module_callable
 from mixprec.diagnose.locate import NonFiniteEvent, NonFiniteReport, locate_nonfinite
 from mixprec.diagnose.report import SCHEMA, DoctorReport
 from mixprec.diagnose.run import diagnose
@@ -30,12 +27,5 @@ __all__ = [
 ]
 
 
-class _CallableModule(types.ModuleType):
-    """``mixprec.diagnose`` is both this package and the function: importing the package sets
-    ``mixprec.diagnose`` to the module, so the module forwards calls to ``diagnose``."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> DoctorReport:
-        return diagnose(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# ``mixprec.diagnose`` is both this package and the function (see mixprec._callable_module).
+make_module_callable(__name__, diagnose)
