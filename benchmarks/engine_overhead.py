@@ -6,8 +6,9 @@
 2. ``MasterWeights`` + AdamW(foreach) on an FP16 model against plain FP32 AdamW(foreach).
    Target: ratio <= 1.3.
 
-Both use an MLP of about 25M parameters; the variants alternate repeat by repeat so that machine
-noise hits them alike; the device is synchronised before each clock read. Medians are reported.
+Both use an MLP of about 25M parameters; the variants alternate repeat by repeat, in ABBA
+order so that neither always runs first, and machine noise hits them alike; the device is
+synchronised before each clock read. Medians are reported.
 
     python benchmarks/engine_overhead.py [--device cuda] [--repeats 15]
 """
@@ -85,8 +86,10 @@ def bench_step_vs_gradscaler(device: torch.device, repeats: int) -> dict:
     for i in range(repeats + 2):  # 2 warm-up rounds
         fill_grads(list(ours_model.parameters()), grads)
         fill_grads(list(ref_model.parameters()), grads)
-        t_ours = timed(ours, device)
-        t_ref = timed(reference, device)
+        if i % 2:  # ABBA order: neither side always runs first
+            t_ours, t_ref = timed(ours, device), timed(reference, device)
+        else:
+            t_ref, t_ours = timed(reference, device), timed(ours, device)
         if i >= 2:
             ours_t.append(t_ours)
             ref_t.append(t_ref)
@@ -110,8 +113,10 @@ def bench_master_vs_fp32_adamw(device: torch.device, repeats: int) -> dict:
     for i in range(repeats + 2):
         fill_grads(master_opt.masters, grads)
         fill_grads(list(fp32_model.parameters()), grads)
-        t_master = timed(master_opt.step, device)
-        t_fp32 = timed(fp32_opt.step, device)
+        if i % 2:
+            t_master, t_fp32 = timed(master_opt.step, device), timed(fp32_opt.step, device)
+        else:
+            t_fp32, t_master = timed(fp32_opt.step, device), timed(master_opt.step, device)
         if i >= 2:
             master_t.append(t_master)
             fp32_t.append(t_fp32)

@@ -62,6 +62,24 @@ def _unscale_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor,
             found_inf.copy_(torch.maximum(found_inf, flag.to(found_inf.device)))
 
 
+def _unscale_clip_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor, max_norm: float,
+                            found_inf: torch.Tensor) -> torch.Tensor:
+    """Unscale and clip in one pass over the gradients (all on one device); returns the
+    unscaled total 2-norm (FP32, 0-d).
+
+    Reads the *scaled* gradients once for per-tensor norms (FP32), derives the unscaled norm
+    (scaling by a power of two commutes with the norm exactly), then multiplies every gradient
+    once by ``inv_scale * min(1, max_norm / (norm + 1e-6))`` -- the same result as unscale then
+    ``clip_grad_norm_``, with one read/write pass fewer. A non-finite norm (any inf/NaN gradient,
+    or a norm beyond FP32's range) sets ``found_inf``. No host synchronisation."""
+    norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+    total = torch.linalg.vector_norm(torch.stack(norms)) * inv_scale
+    found_inf.copy_(torch.maximum(found_inf, (~torch.isfinite(total)).float()))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, inv_scale * coef)
+    return total
+
+
 def _is_ddp(model: nn.Module) -> bool:
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
@@ -117,6 +135,7 @@ class Precision:
         self.scaler: LossScaler = make_scaler(scaler) if isinstance(scaler, str) else scaler
         self.steps = 0
         self.skipped_steps = 0
+        self.last_grad_norm: torch.Tensor | None = None  # unscaled norm of the last clipped step
         self._backward_pending = False
         self._hooks: list[Any] = []
         self._model: nn.Module | None = None
@@ -320,7 +339,10 @@ class Precision:
         then step ``optimizer`` (and ``scheduler``) or skip, and update the loss scale.
 
         Returns True when the optimizer stepped. A skipped step leaves parameters, optimizer
-        state and the scheduler untouched. One host synchronisation (the found-inf read).
+        state and the scheduler untouched. With ``max_norm``, unscaling and clipping share one
+        pass over the gradients, and ``self.last_grad_norm`` holds the unscaled total norm (a
+        0-d FP32 tensor on the device; reading it synchronises). One host synchronisation (the
+        found-inf read).
         """
         if self._wants_master_wrapper and not isinstance(optimizer, MasterWeights):
             raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
@@ -338,11 +360,16 @@ class Precision:
                                    "prec.backward(loss)")
         device = grads[0].device if grads else (self.device or torch.device("cpu"))
         found_inf = torch.zeros(1, dtype=torch.float32, device=device)
-        if grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
+        fused_clip = (max_norm is not None and bool(grads) and not self._sharded
+                      and all(g.device == device for g in grads))
+        if fused_clip:
+            self.last_grad_norm = _unscale_clip_and_check(grads, self.scaler.inv_scale(device),
+                                                          max_norm, found_inf)
+        elif grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
             _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
         found_inf = self._all_reduce(found_inf)
-        if max_norm is not None and grads:
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if max_norm is not None and grads and not fused_clip:
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         skipped = bool(found_inf.item())  # the one host synchronisation per step
         if not skipped:
             optimizer.step()

@@ -197,3 +197,45 @@ def test_emulated_master_tags_storage_and_no_autocast_leaves_emulation():
         with prec.no_autocast():
             assert not is_emulating()
         assert is_emulating()
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16-master", "bf16-true"])
+def test_fused_unscale_and_clip_equals_unscale_then_clip_grad_norm(precision):
+    """step(max_norm=...) unscales and clips in one pass; compare with the two-pass reference
+    (torch's clip_grad_norm_ on gradients unscaled by torch's own kernel)."""
+    torch.manual_seed(0)
+    grads = [torch.randn(64, 32) * 300.0, torch.randn(32) * 5.0]
+    for max_norm in (0.5, 1e9):  # clipping active, and inactive
+        scale = 2.0**8
+        fused = [g.clone() for g in grads]
+        found = torch.zeros(1)
+        from mixprec.precision import _unscale_clip_and_check
+        norm = _unscale_clip_and_check(fused, torch.tensor(1 / scale), max_norm, found)
+        ref = [g.clone() for g in grads]
+        ref_found = torch.zeros(1)
+        torch._amp_foreach_non_finite_check_and_unscale_(ref, ref_found, torch.tensor(1 / scale))
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in ref]
+        for p, g in zip(params, ref):
+            p.grad = g
+        ref_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        assert found.item() == ref_found.item() == 0.0
+        torch.testing.assert_close(norm, ref_norm, rtol=1e-6, atol=0)
+        for a, p in zip(fused, params):
+            torch.testing.assert_close(a, p.grad, rtol=2e-7, atol=0)  # one rounding vs two
+    bad = [g.clone() for g in grads]
+    bad[1][3] = float("nan")
+    found = torch.zeros(1)
+    _unscale_clip_and_check(bad, torch.tensor(1.0), 1.0, found)
+    assert found.item() == 1.0
+
+    # and through Precision.step: a skipped step on inf, a clipped step otherwise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prec = mp.Precision(precision, device="cpu", scaler=mp.DynamicScaler(init_scale=64.0)
+                            if precision.startswith("16-") else None)
+    model = nn.Linear(4, 2)
+    model, opt = prec.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with prec.autocast():
+        prec.backward(model(torch.randn(8, 4) * 50).float().sum())
+    assert prec.step(opt, max_norm=1.0)
+    assert prec.last_grad_norm.item() > 1.0
