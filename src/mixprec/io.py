@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_text", "load_checkpoint", "save_checkpoint"]
+__all__ = ["atomic_write", "atomic_write_text", "increment_path", "load_checkpoint", "save_checkpoint"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -51,3 +51,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def increment_path(project: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:
+    """``project/name``, or ``project/name2``, ``name3``... the first that does not exist
+    (``project/name`` itself when ``exist_ok``). Creates nothing."""
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (Path(project) / f"{name}{n}").exists():
+        n += 1
+    return Path(project) / f"{name}{n}"

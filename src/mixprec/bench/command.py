@@ -6,12 +6,12 @@ Prints the table, then writes ``bench.json``, ``bench.md``, ``bench_speed_memory
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixprec.cliargs import Key
+from mixprec.io import increment_path
 
 SUMMARY = ("Measure step time, memory, energy, largest batch and convergence per precision, side "
            "by side (e.g. mixprec bench model=det-n.yaml imgsz=640 batch=16 device=cpu)")
@@ -43,16 +43,6 @@ KEYS: dict[str, Key] = {
 }
 
 _OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-
-
-def _increment(project: str, name: str, exist_ok: bool) -> Path:
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    n = 2
-    while (Path(project) / f"{name}{n}").exists():
-        n += 1
-    return Path(project) / f"{name}{n}"
 
 
 def _optimizer_fn(name: str, lr: float) -> Any:
@@ -95,7 +85,7 @@ def run(config: dict[str, Any]) -> int:
         print(f"mixprec bench: {err}")
         return 2
     print(format_table(result))
-    save_dir = _increment(config["project"], config["name"], bool(config["exist_ok"]))
+    save_dir = increment_path(config["project"], config["name"], bool(config["exist_ok"]))
     paths = save_report(result, save_dir, plots=bool(config["plots"]))
     print(f"\nresults saved to {save_dir}/ ({', '.join(p.name for p in paths.values())})")
     return 0

@@ -10,20 +10,9 @@ from typing import Any
 
 import yaml
 
-from mixprec.io import atomic_write_text
+from mixprec.io import atomic_write_text, increment_path
 
 __all__ = ["ResultsLog", "increment_path", "write_yaml"]
-
-
-def increment_path(project: str | Path, name: str, exist_ok: bool = False) -> Path:
-    """``project/name``, or ``project/name2``, ``name3``... the first that does not exist."""
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    n = 2
-    while (Path(project) / f"{name}{n}").exists():
-        n += 1
-    return Path(project) / f"{name}{n}"
 
 
 def _plain(v: Any) -> Any:
