@@ -5,7 +5,9 @@ schedule, EMA); ``train_one_epoch`` is the training loop, where precision is rea
 through ``prec.autocast()``, ``prec.backward(loss)`` and ``prec.step(...)``; ``train`` adds
 validation, checkpoints (``weights/last.pt``, ``best.pt``), ``results.csv``, the precision
 record, early stopping and resume. Callbacks ``on_batch_end(state, batch)`` and
-``on_epoch_end(state, epoch)`` let other tools (telemetry) look inside.
+``on_epoch_end(state, epoch)`` let other tools (telemetry) look inside. Rank 0 also records
+why steps were skipped (``skipped_steps.jsonl``) and where the first inf/NaN loss came from
+(``nan_locator.json``) with the numerics doctor (``mixprec.vision.numerics_record``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mixprec.vision.cfg import TRAIN_KEYS, check_keys
 from mixprec.vision.data import AugmentConfig, DataConfig, build_dataloader, load_data_config
 from mixprec.vision.loss import DetectionLoss
 from mixprec.vision.models import DetectionModel, load_model_yaml
+from mixprec.vision.numerics_record import NumericsRecord
 from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
 from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
@@ -61,6 +64,7 @@ class TrainState:
     best_epoch: int = -1
     scale_history: list[dict[str, Any]] = field(default_factory=list)
     forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
+    numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
 
 
 @dataclass
@@ -187,7 +191,7 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
 def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None) -> dict:
     """One pass over the training data; returns mean losses, loss-scale and skip counts."""
     cb = callbacks or {}
-    model, prec, opt, loader = st.model, st.prec, st.optimizer, st.train_loader
+    model, prec, opt, loader, rec = st.model, st.prec, st.optimizer, st.train_loader, st.numerics
     model.train()
     mean = torch.zeros(3)
     scales, skipped0, pending = [], prec.skipped_steps, 0
@@ -204,12 +208,19 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
         prec.backward(loss)
         pending += 1
         if pending == st.accumulate or i == len(loader) - 1:
-            if prec.step(opt, max_norm=st.args["max_norm"], scheduler=st.schedule):
+            stepped = prec.step(opt, max_norm=st.args["max_norm"], scheduler=st.schedule)
+            if stepped:
                 st.ema.update(model)
+            if rec is not None:  # skip attribution reads the gradients: before zero_grad
+                rec.on_step(stepped, loss, images, maps)
             opt.zero_grad(set_to_none=True)
             pending = 0
             scales.append(prec.scaler.scale)
-        mean = (mean * i + items.cpu()) / (i + 1)
+        items = items.cpu()  # loss = items.sum() * batch: its finiteness costs no extra sync
+        mean = (mean * i + items) / (i + 1)
+        if rec is not None and not bool(torch.isfinite(items).all()):
+            rec.on_nonfinite_loss(loss, images, maps, batch["targets"], st.loss_fn,
+                                  after_step=pending == 0, epoch=st.epoch + 1, batch=i)
         bar.set_description(("%11s" * 2 + "%11.4g" * 3 + "%11s" * 2 + "%11.4g") % (
             f"{st.epoch + 1}/{st.args['epochs']}", f"{_memory_gb(st.device):.3g}G", *mean.tolist(),
             len(batch["targets"]), images.shape[-1], prec.scaler.scale))
@@ -294,6 +305,9 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     t0 = time.time()
     metrics: ValResults | None = None
     start = epoch = st.epoch
+    if main:  # before the first step; it adds no hook that outlives one locator run
+        st.numerics = NumericsRecord(st.model, st.prec, st.optimizer, st.save_dir,
+                                     resume=resume_ckpt is not None)
     for epoch in range(start, epochs):
         st.epoch = epoch
         ds = st.train_loader.dataset
@@ -326,6 +340,8 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
             print(f"Stopping early: no improvement in the last {a['patience']} epochs "
                   f"(best epoch {st.best_epoch + 1})")
             break
+    if st.numerics is not None:
+        st.numerics.close()  # prints where the skipped steps were recorded, if any
     print(f"{epoch + 1 - start} epochs completed in "
           f"{(time.time() - t0) / 3600:.3f} hours.")
     if a["plots"] and main:
