@@ -1,15 +1,22 @@
 """det-n (mixprec) vs Ultralytics yolov8n.yaml and yolo26n.yaml, trained from scratch side by side.
 
 Same YOLO-format dataset (mixprec's built-in ``shapes`` unless ``--data``), image size, batch,
-epoch budget, CPU, FP32 (``amp=False``), ``workers`` and thread count. Each trainer runs in its
-own subprocess: mixprec with this interpreter, Ultralytics with ``--ul-python`` (a separate
-virtual environment; Ultralytics is never a mixprec dependency). Nothing is downloaded: models
-are built from YAML, ``plots=False``, the data is local.
+epoch budget, CPU, FP32 (``amp=False``), ``workers``, thread count, ``nbs`` and warmup. Each
+trainer runs in its own subprocess: mixprec with this interpreter, Ultralytics with
+``--ul-python`` (a separate virtual environment; Ultralytics is never a mixprec dependency).
+Nothing is downloaded: models are built from YAML, ``plots=False``, the data is local.
 
 Reported per model: training images/s (training loop only: wall time of the training epochs,
-validation excluded) and mAP50 / mAP50-95 on the val split, all scored here by the same
+validation excluded), training images per CPU second (process CPU time of the same epochs: with
+``workers=0`` and one thread it moves much less than wall time when other jobs share the
+machine) and mAP50 / mAP50-95 on the val split, all scored here by the same
 pycocotools code (``mixprec.vision.metrics.coco_evaluate``) from each model's predictions
 (conf 0.001, up to 100 per image), so the metric implementation is identical for all.
+
+det-n uses mixprec's default ``cache="auto"`` (decoded, resized images kept in RAM when they fit;
+with ``workers=0`` the cache fills during the first timed epoch, so its cost is in the images/s).
+Ultralytics runs at its default ``cache=False``; a model name with ``@ram`` (e.g.
+``yolov8n.yaml@ram``) runs it with ``cache="ram"`` as well.
 
     python benchmarks/detect_vs_ultralytics.py --ul-python /tmp/ulvenv/bin/python \
         --imgsz 160 --batch 16 --epochs 3 --threads 2
@@ -37,15 +44,18 @@ from mixprec.vision.predict import predict
 args = check_keys(dict(model="det-n.yaml", data=cfg["data"], epochs=cfg["epochs"], imgsz=cfg["imgsz"],
                        batch=cfg["batch"], workers=cfg["workers"], amp=False, device="cpu",
                        project=cfg["out"], name="mixprec", verbose=False, plots=False,
-                       close_mosaic=cfg["close_mosaic"]), TRAIN_KEYS, "train")
+                       close_mosaic=cfg["close_mosaic"], nbs=cfg["nbs"],
+                       warmup_epochs=cfg["warmup_epochs"]), TRAIN_KEYS, "train")
 st = build(args)
-seen, t_train = 0, 0.0
+seen, t_train, cpu_train = 0, 0.0, 0.0
 for epoch in range(cfg["epochs"]):
     st.epoch = epoch
     ds = st.train_loader.dataset
     ds.set_epoch(epoch); st.train_loader.sampler.set_epoch(epoch)
     ds.mosaic_on = epoch < cfg["epochs"] - cfg["close_mosaic"]
-    t0 = time.perf_counter(); train_one_epoch(st); t_train += time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    train_one_epoch(st)
+    t_train += time.perf_counter() - t0; cpu_train += time.process_time() - c0
     seen += len(ds)
 model = st.ema.ema
 preds = {}
@@ -54,6 +64,7 @@ for path in cfg["val_images"]:
     preds[path] = [[*b.tolist(), float(s), int(c)] for b, s, c in zip(r.boxes, r.scores, r.classes)]
 n = sum(p.numel() for p in model.parameters())
 print("RESULT" + json.dumps({"images_per_s": seen / t_train, "train_s": t_train, "params": n,
+                             "images_per_cpu_s": seen / cpu_train,
                              "torch": torch.__version__, "preds": preds}))
 '''
 
@@ -63,18 +74,21 @@ cfg = json.loads(sys.argv[1])
 import torch
 torch.set_num_threads(cfg["threads"])
 from ultralytics import YOLO
-model = YOLO(cfg["model"])
-times = {"t": 0.0, "t0": 0.0, "seen": 0}
-def start(trainer): times["t0"] = time.perf_counter()
+model = YOLO(cfg["model"].split("@")[0])
+times = {"t": 0.0, "t0": 0.0, "c": 0.0, "c0": 0.0, "seen": 0}
+def start(trainer): times["t0"], times["c0"] = time.perf_counter(), time.process_time()
 def end(trainer):
     times["t"] += time.perf_counter() - times["t0"]
+    times["c"] += time.process_time() - times["c0"]
     times["seen"] += len(trainer.train_loader.dataset)
 model.add_callback("on_train_epoch_start", start)
 model.add_callback("on_train_epoch_end", end)
 model.train(data=cfg["data"], epochs=cfg["epochs"], imgsz=cfg["imgsz"], batch=cfg["batch"],
             workers=cfg["workers"], device="cpu", amp=False, plots=False, val=False,
-            project=cfg["out"], name=cfg["model"].split(".")[0], exist_ok=True, seed=0,
-            close_mosaic=cfg["close_mosaic"], verbose=False, pretrained=False)
+            project=cfg["out"], name=cfg["model"].replace(".yaml", "").replace("@", "_"),
+            exist_ok=True, seed=0,
+            close_mosaic=cfg["close_mosaic"], verbose=False, pretrained=False, nbs=cfg["nbs"],
+            warmup_epochs=cfg["warmup_epochs"], cache="ram" if cfg["model"].endswith("@ram") else False)
 preds = {}
 for path in cfg["val_images"]:
     r = model.predict(path, imgsz=cfg["imgsz"], conf=0.001, iou=0.7, max_det=100, verbose=False,
@@ -85,6 +99,7 @@ for path in cfg["val_images"]:
 n = sum(p.numel() for p in model.model.parameters())
 import ultralytics
 print("RESULT" + json.dumps({"images_per_s": times["seen"] / times["t"], "train_s": times["t"],
+                             "images_per_cpu_s": times["seen"] / times["c"],
                              "params": n, "torch": torch.__version__ + ", ultralytics "
                              + ultralytics.__version__, "preds": preds}))
 '''
@@ -110,6 +125,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--close-mosaic", type=int, default=1)
+    ap.add_argument("--nbs", type=int, default=64, help="nominal batch (both trainers)")
+    ap.add_argument("--warmup-epochs", type=float, default=3.0, help="warmup epochs (both)")
     ap.add_argument("--models", default="det-n,yolov8n.yaml,yolo26n.yaml")
     ap.add_argument("--train-limit", type=int, default=0, help="use the first N train images")
     ap.add_argument("--val-limit", type=int, default=0, help="use the first N val images")
@@ -143,7 +160,8 @@ def main() -> int:
            "YOLO_CONFIG_DIR": str(out / "ulcfg")}
     cfg = {"data": str(data.yaml_path), "epochs": a.epochs, "imgsz": a.imgsz, "batch": a.batch,
            "workers": a.workers, "threads": a.threads, "out": str(out),
-           "close_mosaic": a.close_mosaic, "val_images": [str(p) for p in index.images]}
+           "close_mosaic": a.close_mosaic, "nbs": a.nbs, "warmup_epochs": a.warmup_epochs,
+           "val_images": [str(p) for p in index.images]}
     meta = [{"id": i + 1, "file_name": p.name, "width": w, "height": h}
             for i, (p, (w, h)) in enumerate(zip(index.images, index.shapes, strict=True))]
     gt = coco_ground_truth(meta, index.labels, data.names)
@@ -158,22 +176,28 @@ def main() -> int:
         for i, p in enumerate(cfg["val_images"]):
             dets += coco_predictions(i + 1, np.array(res["preds"][p], dtype=np.float64).reshape(-1, 6))
         map50, map_, _ = coco_evaluate(gt, dets)
-        rows.append((name, res["params"], res["images_per_s"], map50, map_, time.time() - t0))
+        rows.append((name, res["params"], res["images_per_s"], res["images_per_cpu_s"], map50, map_,
+                     time.time() - t0))
         print(f"{name}: torch {res['torch']}")
-        print(f"{name}: {res['images_per_s']:.2f} img/s, mAP50 {map50:.4f}, mAP50-95 {map_:.4f}",
+        print(f"{name}: {res['images_per_s']:.2f} img/s ({res['images_per_cpu_s']:.2f} per CPU s), "
+              f"mAP50 {map50:.4f}, mAP50-95 {map_:.4f}, load average {os.getloadavg()[0]:.1f}",
               flush=True)
     dev = describe_device("cpu")
     print(f"\nenvironment: torch {torch.__version__}, {dev.get('name', 'cpu')}, threads={a.threads}, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"setup: data={a.data} ({len(image_files(data.splits['train']))} train / "
           f"{len(val_images)} val), imgsz={a.imgsz}, batch={a.batch}, epochs={a.epochs}, CPU, "
-          f"FP32, workers={a.workers}, from scratch\n")
+          f"FP32, workers={a.workers}, nbs={a.nbs}, warmup_epochs={a.warmup_epochs}, "
+          f"close_mosaic={a.close_mosaic}, from scratch\n")
     base = {r[0]: r for r in rows}
-    print("| model | params | train img/s | det-n speed ratio | mAP50 | mAP50-95 | wall s |")
-    print("|---|---|---|---|---|---|---|")
-    for name, n, ips, m50, m, wall in rows:
+    print("| model | params | train img/s | det-n speed ratio | img per CPU s | ratio (CPU) | mAP50 "
+          "| mAP50-95 | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, n, ips, ipc, m50, m, wall in rows:
         ratio = base["det-n"][2] / ips if "det-n" in base else float("nan")
-        print(f"| {name} | {n / 1e6:.2f}M | {ips:.2f} | {ratio:.2f}x | {m50:.4f} | {m:.4f} | {wall:.0f} |")
+        ratio_cpu = base["det-n"][3] / ipc if "det-n" in base else float("nan")
+        print(f"| {name} | {n / 1e6:.2f}M | {ips:.2f} | {ratio:.2f}x | {ipc:.2f} | {ratio_cpu:.2f}x "
+              f"| {m50:.4f} | {m:.4f} | {wall:.0f} |")
     return 0
 
 

@@ -6,10 +6,17 @@ width, height); ``ratio_pad`` (scale, (left, top)) to map boxes back to the orig
 Augmentation of sample ``i`` in epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e,
 i])`` and shuffling from ``seed + e``, so a run (and a resumed run) is reproducible with any
 number of workers.
+
+``cache=True`` keeps every image decoded and resized to ``imgsz`` in RAM (Ultralytics'
+``cache=ram``): that step is deterministic, so batches are identical with and without the cache;
+only the repeated decode and resize are saved. ``build_dataloader(cache="auto")``, the default,
+caches when the images fit in a fixed share of the free memory (``cache_fits``).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +28,10 @@ from mixprec.vision.data import augment as A
 from mixprec.vision.data.config import DataConfig, image_files, label_path
 from mixprec.vision.data.labels import LabelIndex, scan
 
-__all__ = ["AugmentConfig", "DetectionDataset", "EpochSampler", "build_dataloader", "collate"]
+__all__ = ["AugmentConfig", "DetectionDataset", "EpochSampler", "build_dataloader", "cache_fits",
+           "collate"]
+
+CACHE_MAX_BYTES = 4 << 30  # "auto" caches at most this much, and at most a quarter of free RAM
 
 
 @dataclass(frozen=True)
@@ -40,12 +50,15 @@ class AugmentConfig:
 
 class DetectionDataset(Dataset):
     def __init__(self, index: LabelIndex, imgsz: int, augment: AugmentConfig | None = None,
-                 seed: int = 0):
+                 seed: int = 0, cache: bool = False):
         if not index.images:
             raise ValueError("no usable images in this split (see the warnings above)")
         self.index, self.imgsz, self.aug, self.seed = index, imgsz, augment, seed
         self.epoch = 0
         self.mosaic_on = augment is not None and augment.mosaic > 0
+        # image i decoded and resized to imgsz (read-only) with its original (w, h), or None
+        self.cache: list[tuple[np.ndarray, tuple[int, int]] | None] | None = (
+            [None] * len(index.images) if cache else None)
 
     def __len__(self) -> int:
         return len(self.index.images)
@@ -56,8 +69,35 @@ class DetectionDataset(Dataset):
     def close_mosaic(self) -> None:
         self.mosaic_on = False
 
+    def _image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image ``i`` resized to ``imgsz`` (long side) and its original (w, h); cached when the
+        cache is on. The cached array is read-only: augmentation always writes to new arrays."""
+        if self.cache is None:
+            return A.load_resized(self.index.images[i], self.imgsz)
+        hit = self.cache[i]
+        if hit is None:
+            img, shape = A.load_resized(self.index.images[i], self.imgsz)
+            img = np.ascontiguousarray(img)
+            img.flags.writeable = False
+            hit = self.cache[i] = (img, shape)
+        return hit
+
+    def fill_cache(self, threads: int | None = None) -> None:
+        """Decode every image into the cache now (before worker processes fork, so that each
+        worker starts with the whole cache instead of refilling its own copy every epoch)."""
+        if self.cache is None:
+            return
+        todo = [i for i, hit in enumerate(self.cache) if hit is None]
+        threads = threads or min(8, os.cpu_count() or 1)
+        if threads > 1 and len(todo) > 1:  # PIL decodes and resizes without the GIL
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(self._image, todo))
+        else:
+            for i in todo:
+                self._image(i)
+
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        img, (w0, h0) = A.load_resized(self.index.images[i], self.imgsz)
+        img, (w0, h0) = self._image(i)
         lab = self.index.labels[i].copy()
         h, w = img.shape[:2]
         xyxy = np.zeros((len(lab), 5), np.float32)
@@ -141,21 +181,42 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
+def cache_fits(n_images: int, imgsz: int, max_bytes: int = CACHE_MAX_BYTES) -> bool:
+    """Whether ``n_images`` resized to ``imgsz`` (at most imgsz^2 * 3 bytes each) fit in
+    ``max_bytes`` and in a quarter of the memory the OS reports free (``max_bytes`` alone where
+    it reports none)."""
+    need = n_images * imgsz * imgsz * 3
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        free = 4 * max_bytes
+    return need <= min(max_bytes, free // 4)
+
+
 def build_dataloader(data: DataConfig, split: str, imgsz: int, batch: int, train: bool,
                      workers: int = 0, seed: int = 0,
-                     augment: AugmentConfig | None = None) -> DataLoader:
+                     augment: AugmentConfig | None = None,
+                     cache: bool | str = "auto") -> DataLoader:
     """A DataLoader over ``split`` ("train", "val" or "test") of ``data``. Training loaders
     shuffle and augment (``augment`` or YOLO's defaults); others letterbox only. Call
-    ``set_epoch(e)`` on ``loader.dataset`` and ``loader.sampler`` before each epoch."""
+    ``set_epoch(e)`` on ``loader.dataset`` and ``loader.sampler`` before each epoch.
+    ``cache``: True/"ram" keeps the resized images in RAM, False reads them every time, "auto"
+    caches when ``cache_fits``. Batches are the same either way."""
     if split not in data.splits:
         raise ValueError(f"data YAML {data.yaml_path} has no '{split}' split")
     images = image_files(data.splits[split])
     if not images:
         raise ValueError(f"no images found for '{split}' in {data.splits[split]}")
     # not YOLO's "<labels>.cache" name, so both tools can share a dataset folder
-    cache = label_path(images[0]).parent.with_suffix(".mixprec.cache")
-    index = scan(images, data.nc, cache, prefix=f"{split}: ")
-    ds = DetectionDataset(index, imgsz, (augment or AugmentConfig()) if train else None, seed)
+    label_cache = label_path(images[0]).parent.with_suffix(".mixprec.cache")
+    index = scan(images, data.nc, label_cache, prefix=f"{split}: ")
+    if cache not in (True, False, "ram", "auto"):
+        raise ValueError(f"cache={cache!r}: use True/'ram', False or 'auto'")
+    use_cache = cache_fits(len(index.images), imgsz) if cache == "auto" else bool(cache)
+    ds = DetectionDataset(index, imgsz, (augment or AugmentConfig()) if train else None, seed,
+                          cache=use_cache)
+    if use_cache and workers > 0:  # workers are forked each epoch: fill the cache before
+        ds.fill_cache()
     sampler = EpochSampler(len(ds), shuffle=train, seed=seed)
     return DataLoader(ds, batch_size=min(batch, len(ds)), sampler=sampler, num_workers=workers,
                       collate_fn=collate, drop_last=False, persistent_workers=False)
