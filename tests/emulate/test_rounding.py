@@ -74,3 +74,28 @@ def test_fp8_scale_and_fake_quantize_follow_the_tensorwise_recipe():
     assert torch.equal(fake_quantize(torch.zeros(3), "fp8_e5m2"), torch.zeros(3))
     with pytest.raises(ValueError, match="FP8"):
         fake_quantize(x, "fp16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_scratch_buffer_rounding_equals_the_cast(dtype, layout):
+    """The in-place and hook rounding reuse a per-thread half buffer: same bits as x.to(dtype)."""
+    from mixprec.emulate.rounding import _through_half, grad_rounder
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 6, 5, generator=g) * torch.exp2(
+        torch.randint(-30, 20, (3, 8, 6, 5), generator=g).float())
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = x.transpose(1, 3)
+    ref = x.to(dtype).float()
+    for _ in range(2):  # the second call reuses the buffer
+        out = _through_half(x, dtype, torch.empty_like(x))
+        assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
+        assert out.stride() == x.stride()
+    y = x.clone()
+    _through_half(y, dtype, y)
+    assert torch.equal(y.view(torch.int32), ref.view(torch.int32))
+    hooked = grad_rounder(dtype)(x.clone())
+    assert torch.equal(hooked.view(torch.int32), ref.view(torch.int32))

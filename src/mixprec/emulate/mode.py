@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from mixprec.emulate import fp8 as _fp8
 from mixprec.emulate.probe import RULES, lowers, output_dtypes
-from mixprec.emulate.rounding import grad_rounder, quantize
+from mixprec.emulate.rounding import grad_rounder, quantize, round_storage_
 from mixprec.formats import FORMATS, FloatFormat, get_format
 from mixprec.policy import PRESETS, Policy
 
@@ -344,7 +344,7 @@ class _EmulationMode(TorchFunctionMode):
     def _finish_low(self, o: torch.Tensor, frame: _Frame, round_values: bool) -> torch.Tensor:
         fmt = frame.fmt
         if round_values:
-            o.data.copy_(o.data.to(fmt.dtype))  # no version bump (see module docstring)
+            round_storage_(o, fmt)  # in place, no version bump (see module docstring)
         if o.requires_grad:
             o.register_hook(grad_rounder(fmt))
         _set_tag(o, fmt.name)

@@ -11,11 +11,40 @@ saved on a GPU would. Nothing here synchronises with the host.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from mixprec.formats import FloatFormat, get_format, round_to
 
 __all__ = ["grad_rounder", "quantize", "round_storage_"]
+
+_SCRATCH = threading.local()
+
+
+def _dense(x: torch.Tensor) -> bool:
+    return (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+            or x.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def _through_half(x: torch.Tensor, dtype: torch.dtype, out: torch.Tensor) -> torch.Tensor:
+    """``out[...] = x rounded to dtype`` (FP32 ``x`` and ``out``, same shape; ``out`` may be ``x``).
+
+    On the CPU the half copy goes through a per-thread scratch buffer that is reused from call
+    to call: a fresh multi-megabyte allocation per rounding (page faults) costs more than the
+    conversion itself. Not differentiable; the values equal ``x.to(dtype).float()`` bit for bit."""
+    if x.device.type != "cpu" or not _dense(x) or out.stride() != x.stride():
+        return out.copy_(x.to(dtype))
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    n = x.numel()
+    buf = buffers.get(dtype)
+    if buf is None or buf.numel() < n:
+        buf = buffers[dtype] = torch.empty(n, dtype=dtype)
+    half = buf[:n].as_strided(x.shape, x.stride())  # same layout as x (channels-last too)
+    half.copy_(x)
+    return out.copy_(half)
 
 
 def quantize(x: torch.Tensor, fmt: str | torch.dtype | FloatFormat) -> torch.Tensor:
@@ -38,7 +67,7 @@ def _round_data_(t: torch.Tensor, f: FloatFormat) -> None:
     if f.dtype is None:
         d.copy_(round_to(d, f))
     else:
-        d.copy_(d.to(f.dtype))
+        _through_half(d, f.dtype, d)
 
 
 def round_storage_(t: torch.Tensor, fmt: str | torch.dtype | FloatFormat) -> torch.Tensor:
@@ -65,7 +94,9 @@ def grad_rounder(fmt: str | torch.dtype | FloatFormat):
                 return g
             if dtype is None:
                 return round_to(g, f)
-            return g.to(dtype).float()
+            if g.requires_grad:  # double backward: keep the cast differentiable
+                return g.to(dtype).float()
+            return _through_half(g, dtype, torch.empty_like(g))
 
         hook.__name__ = f"round_grad_to_{f.name}"
         _ROUNDERS[f.name] = hook
