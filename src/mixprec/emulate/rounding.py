@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from mixprec.formats import FloatFormat, get_format, round_to
 
@@ -33,7 +34,11 @@ def _through_half(x: torch.Tensor, dtype: torch.dtype, out: torch.Tensor) -> tor
     On the CPU the half copy goes through a per-thread scratch buffer that is reused from call
     to call: a fresh multi-megabyte allocation per rounding (page faults) costs more than the
     conversion itself. Not differentiable; the values equal ``x.to(dtype).float()`` bit for bit."""
-    if x.device.type != "cpu" or not _dense(x) or out.stride() != x.stride():
+    if (x.device.type != "cpu" or not _dense(x) or out.stride() != x.stride()
+            or _get_current_dispatch_mode() is not None):
+        # Under a dispatch mode (e.g. the doctor's NaN locator, which judges each aten op by its
+        # inputs and outputs) keep the plain cast: a reused buffer's stale contents would look
+        # like an input of the copy.
         return out.copy_(x.to(dtype))
     buffers = getattr(_SCRATCH, "buffers", None)
     if buffers is None:
