@@ -55,19 +55,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         return path
 
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     tmp = path.with_name(f".{path.name}.tmp")
     if is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optimizer": optim_sd}
-    else:
-        state = {"model": get_model_state_dict(model)}
-    dcp.save(state, checkpoint_id=tmp)
+    dcp.save(_sharded_state(model, optimizer), checkpoint_id=tmp)
     if is_main_process():
         io.save_checkpoint(prec_state, tmp / _PRECISION_FILE)
     barrier()
@@ -97,18 +91,9 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                          "when it was saved")
     if sharded:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (
-            get_model_state_dict,
-            get_state_dict,
-            set_model_state_dict,
-            set_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
-        if optimizer is not None:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            state = {"model": model_sd, "optimizer": optim_sd}
-        else:
-            state = {"model": get_model_state_dict(model)}
+        state = _sharded_state(model, optimizer)
         dcp.load(state, checkpoint_id=path)
         if optimizer is not None:
             set_state_dict(model, optimizer, model_state_dict=state["model"],
@@ -129,3 +114,13 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         precision.load_state_dict(rest["precision"])
     barrier()
     return rest.get("extra", {})
+
+
+def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """The FSDP2 state dict ``dcp`` saves into and loads into: ``{"model", ["optimizer"]}``."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optimizer": optim_sd}
