@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -67,3 +69,33 @@ def test_ema_is_fp32_and_follows_the_model():
         net.weight.add_(1.0)
     ema.update(net)
     torch.testing.assert_close(ema.ema.weight, 0.5 * start + 0.5 * net.weight.float())
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_optimizer_follows_the_reference_update(name):
+    """build_optimizer may pick the fused kernel: its steps match torch's reference loop
+    implementation (foreach=False) within FP32 rounding."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.BatchNorm1d(16), nn.Linear(16, 2))
+    ref, start = copy.deepcopy(net), copy.deepcopy(net)
+    opt = build_optimizer(net, name, 0.01, 0.9, 5e-4)
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(rg)}
+              for g, rg in zip(opt.param_groups, _groups_like(ref, opt, net), strict=True)]
+    for g in groups:
+        g["fused"], g["foreach"] = None, False
+    ref_opt = type(opt)(groups)
+    for _ in range(5):
+        x = torch.randn(32, 8)
+        for m, o in ((net, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    moved = [not torch.equal(a, b) for a, b in zip(net.parameters(), start.parameters(), strict=True)]
+    assert all(moved)
+
+
+def _groups_like(ref: nn.Module, opt: torch.optim.Optimizer, net: nn.Module):
+    index = {id(p): q for p, q in zip(net.parameters(), ref.parameters(), strict=True)}
+    return [[index[id(p)] for p in g["params"]] for g in opt.param_groups]

@@ -67,10 +67,10 @@ class TaskAlignedAssigner:
         pos = topk_mask & valid  # (B, M, A)
         # resolve anchors assigned to several boxes: keep the highest IoU
         multi = pos.sum(1, keepdim=True) > 1
-        best = torch.zeros_like(pos).scatter_(1, iou.argmax(1, keepdim=True), True)
+        best = torch.zeros_like(pos).scatter_(1, iou.max(1, keepdim=True).indices, True)
         pos = torch.where(multi.expand_as(pos), best & pos.any(1, keepdim=True), pos)
         fg = pos.any(1)  # (B, A)
-        gt_index = pos.float().argmax(1)  # (B, A)
+        gt_index = pos.to(torch.uint8).max(1).indices  # (B, A); max: ~5x argmax on CPU
         # targets
         batch_off = torch.arange(b, device=device)[:, None] * m
         flat = (gt_index + batch_off).view(-1)

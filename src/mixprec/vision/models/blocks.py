@@ -101,21 +101,28 @@ class Upsample(nn.Upsample):
 class Detect(nn.Module):
     """Decoupled anchor-free head at several strides.
 
-    Per level: a box branch (two 3x3 convs -> ``4 * reg_max`` logits, the distribution of the
-    distances left/top/right/bottom in grid units) and a class branch (depthwise-separable convs
-    -> ``nc`` logits). ``forward`` returns one raw map per level, shape (B, 4*reg_max + nc, H, W),
+    Per level: a box branch (two 3x3 convs of ``box_ch[level]`` channels -> ``4 * reg_max``
+    logits, the distribution of the distances left/top/right/bottom in grid units) and a class
+    branch (depthwise-separable convs -> ``nc`` logits). ``box_ch`` defaults to YOLOv8's
+    ``max(16, ch[0] // 4, 4 * reg_max)`` at every level; det-n narrows it where the maps are
+    largest (see det-n.yaml). ``forward`` returns one raw map per level, shape (B, 4*reg_max + nc, H, W),
     in the compute dtype; decoding lives in ``mixprec.vision.boxes.decode``.
     """
 
-    def __init__(self, nc: int, ch: tuple[int, ...], reg_max: int = 16):
+    def __init__(self, nc: int, ch: tuple[int, ...], reg_max: int = 16,
+                 box_ch: list[int] | None = None):
         super().__init__()
         self.nc, self.reg_max, self.nl = nc, reg_max, len(ch)
         self.no = 4 * reg_max + nc
         self.stride = torch.zeros(self.nl)  # set by the model after a dry run
-        c2 = max(16, ch[0] // 4, 4 * reg_max)
+        if box_ch is None:
+            box_ch = [max(16, ch[0] // 4, 4 * reg_max)] * self.nl
+        if len(box_ch) != self.nl or min(box_ch) < 1:
+            raise ValueError(f"Detect box_ch={box_ch}: give one positive width per level ({self.nl})")
         c3 = max(ch[0], min(nc, 100))
         self.box = nn.ModuleList(
-            nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1)) for c in ch)
+            nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1))
+            for c, c2 in zip(ch, box_ch, strict=True))
         self.cls = nn.ModuleList(
             nn.Sequential(DWConv(c, c, 3), Conv(c, c3, 1), DWConv(c3, c3, 3), Conv(c3, c3, 1),
                           nn.Conv2d(c3, nc, 1)) for c in ch)
