@@ -14,7 +14,7 @@ Reported: median wall time and median process CPU time per step, and the ratios
 emulated / FP32 (target <= 1.25) and real / emulated (how many times faster emulation is than
 the real dtype on this machine), with the environment.
 
-    python benchmarks/emulation_overhead.py [--imgsz 320] [--batch 4] [--repeats 7]
+    python benchmarks/emulation_overhead.py [--imgsz 320] [--batch 16] [--repeats 11]
         [--real-repeats 2] [--model det-n.yaml | cnn] [--json out.json]
 """
 
@@ -82,8 +82,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="det-n.yaml", help="det-n.yaml / det-s.yaml or 'cnn'")
     ap.add_argument("--imgsz", type=int, default=320)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=7, help="timed steps per fast variant")
+    ap.add_argument("--batch", type=int, default=16, help="the trainer's default batch")
+    ap.add_argument("--repeats", type=int, default=11, help="timed steps per fast variant")
     ap.add_argument("--real-repeats", type=int, default=2,
                     help="timed steps per real low-precision variant (slow on CPUs)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -99,3 +99,35 @@ def test_scratch_buffer_rounding_equals_the_cast(dtype, layout):
     assert torch.equal(y.view(torch.int32), ref.view(torch.int32))
     hooked = grad_rounder(dtype)(x.clone())
     assert torch.equal(hooked.view(torch.int32), ref.view(torch.int32))
+
+
+def _unrepresentable(shape: tuple[int, ...]) -> torch.Tensor:
+    """Values with FP32 bits below FP16's precision: rounding to FP16 changes every one."""
+    return 1.0 + (torch.arange(1, 1 + torch.Size(shape).numel()).reshape(shape) % 7 + 1) * 2**-14
+
+
+@pytest.mark.parametrize("share", ["add", "cat", "hook_argument_kept"])
+def test_gradient_rounding_never_touches_a_shared_gradient(share):
+    """The grad hook rounds in place only when nothing else holds the gradient. Here the
+    low-precision branch's gradient tensor is also the FP32 branch's (add), a view of a larger
+    gradient (cat), or referenced from outside: the FP32 branch must get the exact values."""
+    from mixprec.emulate import emulate
+
+    lin = torch.nn.Linear(4, 4, bias=False)
+    x = torch.randn(3, 4)
+    fp32_in = torch.randn(3, 4, requires_grad=True)
+    kept = []
+    with emulate("16-mixed"):
+        low = lin(x)  # FP16 on a GPU: its gradient is rounded
+        # FP16 with FP32 -> FP32; cat's backward hands out two views, add's one shared tensor
+        out = torch.cat([low, fp32_in], 1) if share == "cat" else low + fp32_in
+        if share == "hook_argument_kept":
+            out.register_hook(lambda g: kept.append(g) or g)
+    upstream = _unrepresentable(tuple(out.shape))
+    out.backward(upstream)
+    g_low, g_fp32 = (upstream[:, :4], upstream[:, 4:]) if share == "cat" else (upstream, upstream)
+    torch.testing.assert_close(fp32_in.grad, g_fp32, rtol=0, atol=0)  # exact: never rounded
+    if kept:
+        torch.testing.assert_close(kept[0], upstream, rtol=0, atol=0)
+    ref = g_low.to(torch.float16).float().T @ x.to(torch.float16).float()
+    torch.testing.assert_close(lin.weight.grad, ref.to(torch.float16).float(), rtol=1e-3, atol=0)

@@ -84,6 +84,32 @@ def round_storage_(t: torch.Tensor, fmt: str | torch.dtype | FloatFormat) -> tor
     return t
 
 
+_ROUNDED = "_mixprec_rounded_gradient"
+
+
+def _rounded_before(g: torch.Tensor, name: str) -> bool:
+    """True when ``g`` is (a view of) a gradient this module already rounded to ``name`` and
+    nothing has written to it since (views share the version counter of their base): e.g. the
+    pieces ``cat``'s backward cuts from its rounded output gradient."""
+    return any(t is not None and t.__dict__.get(_ROUNDED) == (name, t._version)
+               for t in (g, g._base))
+
+
+def _exclusive(g: torch.Tensor) -> bool:
+    """True when only the autograd engine and this hook's argument refer to ``g`` and its memory,
+    so rounding it in place cannot change any other gradient (``AddBackward`` hands one tensor
+    to both inputs; ``cat``/``chunk`` backward hand out views). Saves an allocation per rounded
+    gradient, which on a CPU (fresh pages) costs more than the rounding. Conservative: any
+    extra reference, or a torch without the counters, means a copy."""
+    try:
+        # 2 = the engine's list + the Python object; the storage: g's impl + the temporary
+        # UntypedStorage made here
+        return (g._use_count() <= 2 and
+                torch._C._storage_Use_Count(g.untyped_storage()._cdata) <= 2)
+    except (AttributeError, RuntimeError):
+        return False
+
+
 _ROUNDERS: dict[str, object] = {}
 
 
@@ -101,7 +127,12 @@ def grad_rounder(fmt: str | torch.dtype | FloatFormat):
                 return round_to(g, f)
             if g.requires_grad:  # double backward: keep the cast differentiable
                 return g.to(dtype).float()
-            return _through_half(g, dtype, torch.empty_like(g))
+            if _rounded_before(g, f.name):
+                return g
+            # round where it lies if nobody else can see g, else into a copy
+            r = _through_half(g, dtype, g if _exclusive(g) else torch.empty_like(g))
+            r.__dict__[_ROUNDED] = (f.name, r._version)
+            return r
 
         hook.__name__ = f"round_grad_to_{f.name}"
         _ROUNDERS[f.name] = hook
