@@ -21,6 +21,18 @@ def test_det_n_size_strides_and_outputs():
     assert [tuple(m.shape) for m in maps] == [(2, 64 + 3, 8, 12), (2, 67, 4, 6), (2, 67, 2, 3)]
 
 
+def test_box_branch_widths_per_level():
+    """det-n narrows the box branch where maps are largest; det-s keeps YOLOv8's single width;
+    a wrong width list names the problem."""
+    widths = [b[0].conv.out_channels for b in DetectionModel("det-n.yaml").head.box]
+    assert widths == [16, 32, 64]
+    assert [b[0].conv.out_channels for b in DetectionModel("det-s.yaml").head.box] == [64] * 3
+    cfg = load_model_yaml("det-n.yaml")
+    cfg["head"][-1][3] = ["nc", 16, [16, 32]]
+    with pytest.raises(ValueError, match="one positive width per level"):
+        DetectionModel(cfg)
+
+
 def test_det_s_is_larger_than_det_n():
     n = sum(p.numel() for p in DetectionModel("det-n.yaml").parameters())
     s = sum(p.numel() for p in DetectionModel("det-s.yaml").parameters())
