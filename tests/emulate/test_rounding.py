@@ -131,3 +131,38 @@ def test_gradient_rounding_never_touches_a_shared_gradient(share):
         torch.testing.assert_close(kept[0], upstream, rtol=0, atol=0)
     ref = g_low.to(torch.float16).float().T @ x.to(torch.float16).float()
     torch.testing.assert_close(lin.weight.grad, ref.to(torch.float16).float(), rtol=1e-3, atol=0)
+
+
+def test_gradient_a_user_hook_kept_is_not_rounded_in_place():
+    """A user hook on the FP32 sum keeps the gradient; by the time the low branch's rounding
+    hook runs, the FP32 branch is done, so only the user's reference is left: it must still
+    hold the exact values afterwards."""
+    from mixprec.emulate import emulate
+
+    lin = torch.nn.Linear(4, 4, bias=False)
+    fp32_in = torch.randn(3, 4, requires_grad=True)
+    kept = []
+    with emulate("16-mixed"):
+        low = lin(torch.randn(3, 4))
+        fp32_branch = fp32_in * 2.0  # created last: its backward runs before the low branch's
+        out = fp32_branch + low
+        out.register_hook(lambda g: kept.append(g) or g)
+    upstream = _unrepresentable(tuple(out.shape))
+    out.backward(upstream)
+    torch.testing.assert_close(kept[0], upstream, rtol=0, atol=0)
+    torch.testing.assert_close(fp32_in.grad, 2.0 * upstream, rtol=0, atol=0)
+
+
+def test_first_use_inside_an_emulated_forward_in_a_fresh_process():
+    """The gradient hook calibrates itself on first use, which happens inside the emulator's
+    own torch-function handler: in a fresh interpreter that must neither recurse nor hang."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom mixprec.emulate import emulate\n"
+            "lin = torch.nn.Linear(4, 4)\n"
+            "with emulate('16-mixed'):\n    y = lin(torch.randn(2, 4)).relu()\n"
+            "y.sum().backward()\nprint(bool(torch.isfinite(lin.weight.grad).all()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

@@ -11,10 +11,11 @@ saved on a GPU would. Nothing here synchronises with the host.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
 from mixprec.formats import FloatFormat, get_format, round_to
 
@@ -95,19 +96,45 @@ def _rounded_before(g: torch.Tensor, name: str) -> bool:
                for t in (g, g._base))
 
 
-def _exclusive(g: torch.Tensor) -> bool:
-    """True when only the autograd engine and this hook's argument refer to ``g`` and its memory,
-    so rounding it in place cannot change any other gradient (``AddBackward`` hands one tensor
-    to both inputs; ``cat``/``chunk`` backward hand out views). Saves an allocation per rounded
-    gradient, which on a CPU (fresh pages) costs more than the rounding. Conservative: any
-    extra reference, or a torch without the counters, means a copy."""
+def _counts(g: torch.Tensor) -> tuple[int, int, int] | None:
+    """(Python references, autograd/C++ references, storage references) of a gradient, as seen
+    from a tensor hook that calls this directly; None on a torch without the counters."""
     try:
-        # 2 = the engine's list + the Python object; the storage: g's impl + the temporary
-        # UntypedStorage made here
-        return (g._use_count() <= 2 and
-                torch._C._storage_Use_Count(g.untyped_storage()._cdata) <= 2)
+        return (sys.getrefcount(g), g._use_count(),
+                torch._C._storage_Use_Count(g.untyped_storage()._cdata))
     except (AttributeError, RuntimeError):
-        return False
+        return None
+
+
+_FRESH: list[tuple[int, int, int] | None] = []
+
+
+def _fresh_counts() -> tuple[int, int, int] | None:
+    """The counts of a gradient nothing but the engine holds, measured once on a tiny graph
+    through the same hook path (so they do not depend on torch's hook plumbing)."""
+    if not _FRESH:
+        def probe(g: torch.Tensor) -> torch.Tensor:
+            _FRESH.append(_counts(g))
+            return g
+        # plain torch: no torch-function mode (the emulator calls this from inside its own)
+        # and no dispatch mode (the NaN locator) may see or recurse into the probe
+        with torch._C.DisableTorchFunction(), _disable_current_modes(), torch.enable_grad():
+            a = torch.ones(3, requires_grad=True)
+            y = a * 2.0
+            y.register_hook(probe)
+            (y * 3.0).sum().backward()  # y's gradient: a fresh tensor from MulBackward
+    return _FRESH[0]
+
+
+def _exclusive(counts: tuple[int, int, int] | None) -> bool:
+    """True when a gradient's counts (``_counts``, taken in the hook) are those of a gradient
+    only the engine holds, so rounding it in place cannot change anything else: ``AddBackward``
+    hands one tensor to both inputs, ``cat``/``chunk`` backward hand out views, a user hook may
+    have kept it. Saves an allocation per rounded gradient, which on a CPU (fresh pages) costs
+    more than the rounding. Conservative: any extra reference, or no counters, means a copy."""
+    fresh = _fresh_counts()
+    return (counts is not None and fresh is not None
+            and all(c <= f for c, f in zip(counts, fresh, strict=True)))
 
 
 _ROUNDERS: dict[str, object] = {}
@@ -119,6 +146,7 @@ def grad_rounder(fmt: str | torch.dtype | FloatFormat):
     hook = _ROUNDERS.get(f.name)
     if hook is None:
         dtype = f.dtype
+        _fresh_counts()  # calibrate now, in the forward pass, not inside a backward
 
         def hook(g: torch.Tensor) -> torch.Tensor:
             if g.dtype != torch.float32:
@@ -130,7 +158,8 @@ def grad_rounder(fmt: str | torch.dtype | FloatFormat):
             if _rounded_before(g, f.name):
                 return g
             # round where it lies if nobody else can see g, else into a copy
-            r = _through_half(g, dtype, g if _exclusive(g) else torch.empty_like(g))
+            exclusive = _exclusive(_counts(g))  # called from here: same depth as the probe
+            r = _through_half(g, dtype, g if exclusive else torch.empty_like(g))
             r.__dict__[_ROUNDED] = (f.name, r._version)
             return r
 
