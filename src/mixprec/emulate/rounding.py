@@ -102,7 +102,7 @@ def _counts(g: torch.Tensor) -> tuple[int, int, int] | None:
     try:
         return (sys.getrefcount(g), g._use_count(),
                 torch._C._storage_Use_Count(g.untyped_storage()._cdata))
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, NotImplementedError):  # e.g. no storage (a subclass)
         return None
 
 
