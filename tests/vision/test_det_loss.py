@@ -100,20 +100,24 @@ def test_loss_is_fp32_finite_and_background_has_no_box_terms():
 
 
 def test_loss_decreases_when_fitting_one_batch():
+    """Overfitting one batch drives the box (1 - CIoU) and class terms well down on every kernel
+    path. Early on the loss is not monotonic (task-aligned targets grow as boxes improve), so the
+    check is the mean of the last 20 of 150 steps against the first step. DFL is not asserted:
+    its minimum is the entropy of each target's two-bin split (log 2 for a target halfway
+    between bins), and it rises as more anchors are assigned, so it does not go to zero."""
     torch.manual_seed(0)
     model = DetectionModel(TINY_MODEL, nc=2)
     loss_fn = DetectionLoss(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.002)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.001)
     x = torch.rand(2, 3, 64, 64)
     t = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.4], [1, 0, 0.3, 0.3, 0.3, 0.3]])
     items = []
-    for _ in range(30):
+    for _ in range(150):
         loss, it = loss_fn(model(x), t)
         opt.zero_grad()
         loss.backward()
         opt.step()
         items.append(it)
-    # the task-aligned targets grow as boxes improve, so the loss is not monotonic early on;
-    # after 30 steps the box and class terms are well below where they started
-    first, last = items[0], torch.stack(items[-5:]).mean(0)
-    assert last[0] < 0.7 * first[0] and last[1] < 0.7 * first[1], (first, last)
+    first, last = items[0], torch.stack(items[-20:]).mean(0)
+    # measured over seeds 0-5 on two CPU kernel paths: box 0.22-0.36x, cls 0.18-0.23x
+    assert last[0] < 0.5 * first[0] and last[1] < 0.5 * first[1], (first, last)
