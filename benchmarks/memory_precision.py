@@ -29,9 +29,9 @@ from mixprec.bench.autobatch import largest_batch, search_largest
 from mixprec.bench.memory import SavedTensorMeter, format_bytes, state_bytes
 from mixprec.bench.runner import parse_bytes
 from mixprec.bench.step import TrainState, forward_loss, iter_tensors, train_step
-from mixprec.vision.detect import DetectTask
 from mixprec.hardware import describe_device
 from mixprec.precision import Precision
+from mixprec.vision.detect import DetectTask
 
 PRECISIONS = ["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master"]
 

@@ -194,12 +194,12 @@ def get_task(task: str | Task | None = None) -> Task:
     return _LOADED[name]
 
 
-def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The FP32 model (EMA weights) of a run's checkpoint, built by the task its record names,
-    and the checkpoint dict (loaded with ``weights_only=True``)."""
+def load_weights(path: str | Path, task: Task | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The FP32 model (EMA weights) of a run's checkpoint, built by ``task`` (default: the task
+    its record names), and the checkpoint dict (loaded with ``weights_only=True``)."""
     ckpt = load_checkpoint(path)
     record = ckpt["model"]
-    model = task_for_model(path, record).model_from_record(record)
+    model = (task or task_for_model(path, record)).model_from_record(record)
     model.load_state_dict(record["state_dict"])
     return model, ckpt
 

@@ -303,7 +303,7 @@ def _end_epoch(st: TrainState, epoch: int, out: dict, metrics: Any, elapsed: flo
 
 def _final_val(st: TrainState, best: Path) -> Any:
     """The full validation of ``best.pt`` (rank 0), as ``mixprec val`` would print it."""
-    model, _ = load_weights(best)
+    model, _ = load_weights(best, st.task)
     model.to(st.device)
     print(f"Validating {best}...")
     metrics = _validate(st, model, final=True)
