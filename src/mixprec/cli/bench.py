@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mixprec.cliargs import Key
+from mixprec.keys import Key
 from mixprec.io import increment_path
 
 SUMMARY = ("Measure step time, memory, energy, largest batch and convergence per precision, side "
