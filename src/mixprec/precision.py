@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixprec._tree import map_leaves
 from mixprec.formats import get_format, round_to
 from mixprec.master import MasterWeights
 from mixprec.policy import Policy, dtype_name
@@ -37,15 +38,8 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = (
 
 def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
     """Cast floating tensors inside (nested tuples/lists/dicts of) ``obj`` to ``dtype``."""
-    if torch.is_tensor(obj):
-        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_cast_floats(o, dtype) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cast_floats(o, dtype) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
-    return obj
+    return map_leaves(lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point()
+                      and t.dtype != dtype else t, obj)
 
 
 def _unscale_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor,

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from mixprec._tree import leaves, map_leaves
+
 __all__ = ["TrainState", "build_state", "default_optimizer", "iter_tensors", "to_device",
            "train_step"]
 
@@ -39,25 +41,12 @@ class TrainState:
 
 def to_device(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside (lists, tuples, dicts) moved to ``device``."""
-    if torch.is_tensor(obj):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
+    return map_leaves(lambda t: t.to(device, non_blocking=True) if torch.is_tensor(t) else t, obj)
 
 
 def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     """Every tensor inside ``obj`` (lists, tuples, dicts)."""
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from iter_tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from iter_tensors(v)
+    return (t for t in leaves(obj) if torch.is_tensor(t))
 
 
 def build_state(model_fn: ModelFn, precision: Any, device: torch.device, *,

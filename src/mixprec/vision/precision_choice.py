@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from mixprec.hardware import select_device
 from mixprec.precision import Precision
 
 __all__ = ["choose_precision", "select_device"]
-
-
-def select_device(device: str | int | None) -> torch.device:
-    """``None``/``""``: cuda:0 when available, else cpu; ``0`` -> cuda:0; ``"cpu"``..."""
-    if device is None or device == "":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, int) or str(device).isdigit():
-        return torch.device(f"cuda:{int(device)}")
-    return torch.device(str(device))
 
 
 def choose_precision(amp: bool | str | int, device: torch.device,

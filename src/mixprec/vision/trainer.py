@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mixprec._seed import seeded
 from mixprec.distributed import launch as dp
 from mixprec.distributed.ranks import is_main_process
 from mixprec.io import load_checkpoint, save_checkpoint
@@ -326,10 +327,7 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     task = get_task(task) if task is not None else task_for_model(str(given.get("model", "")))
     given, resume_ckpt, save_dir = _resume_args(given, task)
     args = check_keys(given, task.train_keys(), "train")
-    device = dist.device if dist else select_device(args["device"])
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(int(args["seed"]))
+    with seeded(int(args["seed"]), dist.device if dist else select_device(args["device"])):
         return _run(build(args, weights, save_dir, task, dist), resume_ckpt, callbacks)
 
 
