@@ -54,7 +54,8 @@ def build_state(model_fn: ModelFn, precision: Any, device: torch.device, *,
                 emulate: bool = False) -> TrainState:
     """A fresh ``model_fn()`` (initialised under ``torch.manual_seed(seed)``; the global RNG is
     restored afterwards), moved to ``device``, with ``optimizer_fn(model.parameters())`` and
-    ``Precision(precision, device=device, emulate=emulate).setup`` applied."""
+    ``Precision(precision, device=device, emulate=emulate).setup`` applied. ``precision`` may
+    also be a factory ``() -> Precision`` (a fresh, not yet set up one; ``emulate`` is then its)."""
     from mixprec.precision import Precision
 
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -65,7 +66,7 @@ def build_state(model_fn: ModelFn, precision: Any, device: torch.device, *,
         raise TypeError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}")
     model = model.to(device).train()
     optimizer = (optimizer_fn or default_optimizer)(model.parameters())
-    prec = Precision(precision, device=device, emulate=emulate)
+    prec = precision() if callable(precision) else Precision(precision, device=device, emulate=emulate)
     model, optimizer = prec.setup(model, optimizer)
     return TrainState(model=model, optimizer=optimizer, precision=prec, device=device)
 
