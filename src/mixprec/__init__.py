@@ -22,6 +22,7 @@ _LAZY = {
     "LossScaler": "mixprec.scaler",
     "MasterWeights": "mixprec.master",
     "Precision": "mixprec.precision",
+    "SkippedStepsWarning": "mixprec.precision",
     "auto_policy": "mixprec.hardware",
     "describe_device": "mixprec.hardware",
     "check_amp": "mixprec.check",
