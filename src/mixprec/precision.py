@@ -416,15 +416,16 @@ class Precision:
                                                           max_norm, found_inf)
         elif grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
             _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
-        found_inf = self._all_reduce(found_inf)
+        loss_ok, self._loss_ok = self._loss_ok, None
+        flags = found_inf  # [found inf/NaN gradient, (if known) a loss was inf/NaN]
+        if loss_ok is not None:
+            flags = torch.cat([found_inf, (~loss_ok).float().reshape(1).to(device)])
+        flags = self._all_reduce(flags)  # one collective carries both verdicts
+        found_inf = flags[:1]
         if max_norm is not None and grads and not fused_clip:
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        loss_ok, self._loss_ok = self._loss_ok, None
-        if loss_ok is None:
-            skipped, loss_bad = bool(found_inf.item()), False  # the one host synchronisation
-        else:  # the one host synchronisation per step reads both flags
-            flags = torch.stack([found_inf.reshape(()) > 0, ~loss_ok.to(found_inf.device)]).tolist()
-            skipped, loss_bad = bool(flags[0]), bool(flags[1])
+        verdict = flags.tolist()  # the one host synchronisation per step
+        skipped, loss_bad = verdict[0] > 0, len(verdict) > 1 and verdict[1] > 0
         self.last_loss_finite = not loss_bad
         if not skipped:
             optimizer.step()

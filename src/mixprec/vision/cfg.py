@@ -35,6 +35,10 @@ TRAIN_KEYS: dict[str, Key] = {
     "val": Key(True, "validate every epoch (False: only after the last epoch)"),
     "resume": Key(False, "True (latest run, or model=.../last.pt) or a path to last.pt"),
     "patience": Key(100, "stop after this many epochs without mAP50-95 improvement"),
+    "nan_recovery": Key(25, "after this many optimizer steps in a row with an inf/NaN loss, act "
+                            "(nan_action); 0: off"),
+    "nan_action": Key("reload", "reload: restore the last good state and halve the LR (3 times at "
+                                "most, then stop); stop: stop with the reason"),
     "close_mosaic": Key(10, "switch mosaic off for the last N epochs"),
     "seed": Key(0, "random seed (shuffling, augmentation, initialisation)"),
     "project": Key("runs/detect", "folder that holds the runs"),

@@ -35,7 +35,9 @@ from mixprec.vision.numerics_record import NumericsRecord
 from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
 from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
+from mixprec.vision.recovery import NanRecovery
 from mixprec.vision.run import ResultsLog, increment_path, write_yaml
+from mixprec.vision.train_args import check_train_values, resume_args
 from mixprec.vision.validate import ValResults, validate
 
 __all__ = ["TrainResult", "TrainState", "build", "load_weights", "train", "train_one_epoch"]
@@ -65,6 +67,7 @@ class TrainState:
     scale_history: list[dict[str, Any]] = field(default_factory=list)
     forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
     numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
+    recovery: NanRecovery | None = None  # reload/stop after a run of inf/NaN losses (``train``)
 
 
 @dataclass
@@ -214,6 +217,8 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
             if rec is not None:  # skip attribution reads the gradients: before zero_grad
                 rec.on_step(stepped, loss, images, maps)
             opt.zero_grad(set_to_none=True)
+            if st.recovery is not None:
+                st.recovery.after_step(st)
             pending = 0
             scales.append(prec.scaler.scale)
         items = items.cpu()  # loss = items.sum() * batch: its finiteness costs no extra sync
@@ -284,14 +289,13 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
         if resume_ckpt.get("epoch", -1) < 0 or resume_ckpt["epoch"] + 1 >= resume_ckpt["args"]["epochs"]:
             raise ValueError(f"{path} is from a finished run: nothing to resume; start a new run "
                              f"with model={path}")
-        keep = {k: v for k, v in resume_ckpt["args"].items() if k in TRAIN_KEYS}
-        overrides = {k: given[k] for k in ("device", "workers", "verbose") if k in given}
-        given = {**keep, **overrides, "resume": False}
+        given = resume_args(given, resume_ckpt["args"], TRAIN_KEYS)
         save_dir = path.parent.parent
         print(f"Resuming training from {path} (epoch {resume_ckpt['epoch'] + 2})")
     else:
         save_dir = None
     args = check_keys(given, TRAIN_KEYS, "train")
+    check_train_values(args)
     st = build(args, weights, save_dir)
     if resume_ckpt is not None:
         _restore(st, resume_ckpt)
@@ -302,12 +306,16 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     log = ResultsLog(st.save_dir / "results.csv", keep_until_epoch=st.epoch)
     last, best = st.save_dir / "weights" / "last.pt", st.save_dir / "weights" / "best.pt"
     print(f"Logging results to {st.save_dir}\nStarting training for {epochs} epochs...")
-    t0 = time.time()
+    # a resumed run's time column continues from the checkpoint's
+    t0 = time.time() - (float(resume_ckpt["metrics"].get("time", 0.0)) if resume_ckpt else 0.0)
     metrics: ValResults | None = None
     start = epoch = st.epoch
     if main:  # before the first step; it adds no hook that outlives one locator run
         st.numerics = NumericsRecord(st.model, st.prec, st.optimizer, st.save_dir,
                                      resume=resume_ckpt is not None)
+    st.recovery = NanRecovery.from_args(a)
+    if st.recovery is not None:
+        st.recovery.snapshot(st, f"start of epoch {start + 1}")
     for epoch in range(start, epochs):
         st.epoch = epoch
         ds = st.train_loader.dataset
@@ -334,6 +342,8 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
             if st.best_epoch == epoch:
                 save_checkpoint(ckpt, best)
             _write_precision_record(st)
+        if st.recovery is not None:
+            st.recovery.snapshot(st, f"end of epoch {epoch + 1}")
         if callbacks and "on_epoch_end" in callbacks:
             callbacks["on_epoch_end"](st, epoch)
         if epoch - st.best_epoch >= a["patience"] and st.best_epoch >= 0 and not final:
