@@ -3,11 +3,14 @@
 This is the only module that reads ``sys.argv``. Each command lives in its own module, which
 exposes ``KEYS`` (dict of ``mixprec.cliargs.Key``), ``SUMMARY`` (one line) and
 ``run(config: dict) -> int``; the module is imported only when its command is used.
+A ``ValueError`` or ``OSError`` (bad input, a missing file, a full disk) out of a command is one line,
+``mixprec <cmd>: <message>``, with exit status 2; ``MIXPREC_DEBUG=1`` re-raises it (traceback).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from mixprec.cliargs import format_help, parse_keys
@@ -45,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"mixprec {command}: {err}", file=sys.stderr)
         return 2
-    return int(module.run(config) or 0)
+    try:
+        return int(module.run(config) or 0)
+    except (ValueError, OSError) as err:  # bad input, missing file, disk full: one line
+        if os.environ.get("MIXPREC_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"mixprec {command}: {err}  (MIXPREC_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

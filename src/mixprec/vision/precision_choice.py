@@ -10,12 +10,11 @@ __all__ = ["choose_precision", "select_device"]
 
 
 def select_device(device: str | int | None) -> torch.device:
-    """``None``/``""``: cuda:0 when available, else cpu; ``0`` -> cuda:0; ``"cpu"``..."""
-    if device is None or device == "":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, int) or str(device).isdigit():
-        return torch.device(f"cuda:{int(device)}")
-    return torch.device(str(device))
+    """``None``/``""``: cuda:0 when available, else cpu; ``0`` -> cuda:0; ``"cpu"``...; a CUDA
+    device that is not there raises ValueError with the fix (``mixprec.hardware.resolve_device``)."""
+    from mixprec.hardware import resolve_device
+
+    return resolve_device(device)
 
 
 def choose_precision(amp: bool | str | int, device: torch.device,

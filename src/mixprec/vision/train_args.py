@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RESUME_OVERRIDES", "check_train_values", "resume_args"]
+__all__ = ["RESUME_OVERRIDES", "check_checkpoint", "check_train_values", "resume_args"]
 
 # keys a resume takes from the command line; every other key comes from the checkpoint
 RESUME_OVERRIDES = ("device", "workers", "verbose", "nan_recovery", "nan_action")
@@ -42,3 +42,18 @@ def resume_args(given: dict[str, Any], saved: dict[str, Any], keys: dict[str, An
               f"(only {', '.join(RESUME_OVERRIDES)} can change); to change them start a new run "
               "with model=<last.pt>")
     return {**keep, **overrides, "resume": False}
+
+
+def check_checkpoint(ckpt: Any, path: Any, resume: bool = False) -> dict[str, Any]:
+    """``ckpt`` if it is a mixprec detection checkpoint (a model to rebuild; with ``resume`` also
+    the training state); else one ValueError naming the file and what is missing."""
+    need = ("model", "train", "args", "epoch") if resume else ("model",)
+    missing = [k for k in need if k not in ckpt] if isinstance(ckpt, dict) else list(need)
+    model = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not missing and not (isinstance(model, dict) and {"yaml", "names", "state_dict"} <= set(model)):
+        missing = ["model/yaml, model/names, model/state_dict"]
+    if missing:
+        what = "resume from" if resume else "load"
+        raise ValueError(f"{path} is not a mixprec checkpoint to {what} (missing {', '.join(missing)}): "
+                         "use a weights/last.pt or best.pt written by mixprec train")
+    return ckpt

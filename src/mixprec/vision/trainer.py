@@ -37,7 +37,7 @@ from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
 from mixprec.vision.recovery import NanRecovery
 from mixprec.vision.run import ResultsLog, increment_path, write_yaml
-from mixprec.vision.train_args import check_train_values, resume_args
+from mixprec.vision.train_args import check_checkpoint, check_train_values, resume_args
 from mixprec.vision.validate import ValResults, validate
 
 __all__ = ["TrainResult", "TrainState", "build", "load_weights", "train", "train_one_epoch"]
@@ -81,7 +81,7 @@ class TrainResult:
 
 def load_weights(path: str | Path) -> tuple[DetectionModel, dict[str, Any]]:
     """A ``DetectionModel`` (FP32, EMA weights) and the checkpoint dict from a ``.pt`` file."""
-    ckpt = load_checkpoint(path)
+    ckpt = check_checkpoint(load_checkpoint(path), path)
     m = ckpt["model"]
     model = DetectionModel(m["yaml"], nc=len(m["names"]))
     model.load_state_dict(m["state_dict"])
@@ -285,7 +285,7 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     resume_ckpt = None
     if given.get("resume"):
         path = _find_resume(check_keys(given, TRAIN_KEYS, "train"))
-        resume_ckpt = load_checkpoint(path)
+        resume_ckpt = check_checkpoint(load_checkpoint(path), path, resume=True)
         if resume_ckpt.get("epoch", -1) < 0 or resume_ckpt["epoch"] + 1 >= resume_ckpt["args"]["epochs"]:
             raise ValueError(f"{path} is from a finished run: nothing to resume; start a new run "
                              f"with model={path}")
