@@ -230,8 +230,9 @@ def bench(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     say = log or (lambda _msg: None)
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    from mixprec.hardware import resolve_device
+
+    dev = resolve_device(device)  # a missing CUDA device: one ValueError line with the fix
     policies, config_notes = _resolve_policies(precisions, dev)
     search_args, search_off = _budget_args(budget, dev)
 

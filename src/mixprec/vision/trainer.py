@@ -307,7 +307,7 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     last, best = st.save_dir / "weights" / "last.pt", st.save_dir / "weights" / "best.pt"
     print(f"Logging results to {st.save_dir}\nStarting training for {epochs} epochs...")
     # a resumed run's time column continues from the checkpoint's
-    t0 = time.time() - (float(resume_ckpt["metrics"].get("time", 0.0)) if resume_ckpt else 0.0)
+    t0 = time.time() - (float((resume_ckpt.get("metrics") or {}).get("time", 0.0)) if resume_ckpt else 0.0)
     metrics: ValResults | None = None
     start = epoch = st.epoch
     if main:  # before the first step; it adds no hook that outlives one locator run
