@@ -30,12 +30,13 @@ def check_train_values(args: dict[str, Any]) -> None:
 
 def resume_args(given: dict[str, Any], saved: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
     """The arguments of a resumed run: the checkpoint's, with ``RESUME_OVERRIDES`` from
-    ``given``. Prints one line naming the given keys a resume ignores (a resume continues the
-    saved run as it was; to change them start a new run from the weights)."""
+    ``given``. Prints one line naming the given keys a resume ignores: a resume continues the
+    saved run as it was (to change them start a new run from the weights); ``model`` and
+    ``project`` only serve to find the checkpoint."""
     keep = {k: v for k, v in saved.items() if k in keys}
     overrides = {k: given[k] for k in RESUME_OVERRIDES if k in given}
     ignored = [f"{k}={given[k]!r}" for k in given
-               if k not in RESUME_OVERRIDES and k not in ("resume", "model")
+               if k not in RESUME_OVERRIDES and k not in ("resume", "model", "project")
                and keep.get(k, keys[k].default if k in keys else None) != given[k]]
     if ignored:
         print(f"WARNING resume ignores {', '.join(ignored)}: a resumed run keeps its saved settings "
