@@ -22,6 +22,7 @@ _LAZY = {
     "LossScaler": "mixprec.scaler",
     "MasterWeights": "mixprec.master",
     "Precision": "mixprec.precision",
+    "SkippedStepsWarning": "mixprec.precision",
     "auto_policy": "mixprec.hardware",
     "describe_device": "mixprec.hardware",
     "check_amp": "mixprec.check",
@@ -38,7 +39,10 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mixprec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    # a callable subpackage (emulate, bench, diagnose) is bound as the module itself, so that
+    # ``import mixprec.bench.autobatch as m`` still walks module attributes after ``mp.bench``
+    value = imported if module == f"{__name__}.{name}" else getattr(imported, name)
     globals()[name] = value
     return value
 

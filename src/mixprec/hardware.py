@@ -40,30 +40,31 @@ def cpu_flags() -> tuple[str, ...]:
 
 
 def select_device(device: str | int | torch.device | None) -> torch.device:
-    """The one default-device rule: ``None``/``""``: cuda:0 when available, else cpu; ``0`` ->
-    cuda:0; ``"cpu"``, ``"cuda:1"``... as given. Creates no CUDA context."""
-    if isinstance(device, torch.device):
-        return device
+    """The one default-device rule. ``None``/``""``: cuda:0 when available, else cpu;
+    ``0``/``"7"`` -> cuda:N; ``"cpu"``, ``"cuda"``, ``"cuda:1"``... A CUDA device that is not
+    there, or a name torch does not know, raises one ``ValueError`` line with the fix (never
+    torch's driver traceback). Creates no CUDA context."""
     if device is None or device == "":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, int) or str(device).isdigit():
-        return torch.device(f"cuda:{int(device)}")
-    return torch.device(str(device))
-
-
-def _as_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU "
-                         f"(torch {torch.__version__}); use device='cpu'")
+    if isinstance(device, int) or str(device).strip().isdigit():
+        device = f"cuda:{int(device)}"
+    try:
+        dev = torch.device(str(device).strip() if not isinstance(device, torch.device) else device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device: use cpu, cuda, cuda:0 or 0") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device} requested but no CUDA device is available; use device=cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={device} requested but only {count} CUDA device(s) exist "
+                             f"(0..{count - 1}); use device=0 or device=cpu")
     return dev
 
 
 def describe_device(device: str | torch.device | None = None) -> dict[str, Any]:
     """Capabilities of ``device`` as a plain dict (JSON-serialisable), for reports and ``auto``."""
-    dev = _as_device(device)
+    dev = select_device(device)
     info: dict[str, Any] = {"device": str(dev), "torch": torch.__version__,
                             "python": platform.python_version(), "cores": os.cpu_count(),
                             "cpu": platform.processor() or platform.machine()}

@@ -9,7 +9,10 @@
     optimizer.zero_grad(set_to_none=True)
 
 ``step`` synchronises with the host once (reading the found-inf flag to decide whether to
-step); everything else stays on the device. How parameters are stored and cast (real half,
+step, together with whether the loss seen by ``backward`` was finite); everything else stays on
+the device. After ``warn_skips`` consecutive skipped steps a ``SkippedStepsWarning`` names the
+cause: inf/NaN *losses* (bad data or divergence: no loss scale fixes it) or finite losses with
+inf/NaN gradients (FP16 overflow in backward). How parameters are stored and cast (real half,
 emulated half, FSDP2-sharded) is one ``mixprec.storage`` mode, chosen once.
 """
 
@@ -28,7 +31,13 @@ from mixprec.policy import Policy, dtype_name
 from mixprec.scaler import LossScaler, NoScaler, make_scaler
 from mixprec.storage import NORM_LAYERS, EmulatedHalf, RealHalf, Sharded, StorageMode, is_fsdp2
 
-__all__ = ["NORM_LAYERS", "Precision"]
+__all__ = ["NORM_LAYERS", "Precision", "SkippedStepsWarning"]
+
+_STATE_KEYS = ("policy", "emulate", "scaler", "steps", "skipped_steps")
+
+
+class SkippedStepsWarning(RuntimeWarning):
+    """Many optimizer steps in a row were skipped; the message names the cause."""
 
 def _unscale_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor,
                        found_inf: torch.Tensor) -> None:
@@ -81,7 +90,10 @@ class Precision:
     Steps whose gradients hold inf/NaN are skipped, with or without a loss scaler. Under
     ``torch.distributed`` the inf/NaN verdict is all-reduced over ``process_group`` (default:
     the world; ``mixprec.distributed.ddp(..., process_group=g)`` sets it) so its ranks skip
-    together.
+    together. ``warn_skips``: warn (``SkippedStepsWarning``, once per streak) after this many
+    consecutive skipped steps, naming the cause; None: never. ``consecutive_skips`` and
+    ``last_loss_finite`` (whether the losses of the last step were all finite) are readable
+    after each ``step`` at no extra cost.
     """
 
     def __init__(
@@ -92,6 +104,7 @@ class Precision:
         device: str | torch.device | None = None,
         emulate: bool = False,
         stochastic_rounding: bool = False,
+        warn_skips: int | None = 20,
     ) -> None:
         self.reason = ""
         if isinstance(policy, str) and policy.strip().lower() == "auto":
@@ -112,7 +125,16 @@ class Precision:
         self.steps = 0
         self.skipped_steps = 0
         self.last_grad_norm: torch.Tensor | None = None  # unscaled norm of the last clipped step
+        if warn_skips is not None and int(warn_skips) < 1:
+            raise ValueError(f"warn_skips={warn_skips}: use a positive number of steps, or None")
+        self.warn_skips = warn_skips
+        self.consecutive_skips = 0
+        self.last_loss_finite = True
+        self._streak_bad_losses = 0
+        self._loss_ok: torch.Tensor | None = None  # all losses since the last step finite (device)
         self._backward_pending = False
+        self._in_backward = False
+        self._foreign_backward = False  # a plain loss.backward() accumulated into a gradient
         self._hooks: list[Any] = []
         self._model: nn.Module | None = None
         if self.device is not None:
@@ -172,9 +194,23 @@ class Precision:
         cast, masters, hooks = self.mode.prepare(model)
         self._hooks += hooks
         self._model = model
+        if not isinstance(self.mode, Sharded) and not isinstance(self.scaler, NoScaler):
+            self._add_backward_watch(model)
         if optimizer is None:
             return model
         return model, self.mode.wrap_optimizer(optimizer, cast, masters)
+
+    def _add_backward_watch(self, model: nn.Module) -> None:
+        """A post-accumulate-grad hook per parameter notes a gradient accumulated outside
+        ``prec.backward`` (a plain ``loss.backward()``: that loss was never scaled). Costs one
+        Python call per parameter per backward; ``torch.autograd.grad`` does not trigger it."""
+        def note(_param: torch.Tensor) -> None:
+            if not self._in_backward:
+                self._foreign_backward = True
+
+        for q in model.parameters():
+            if q.requires_grad:
+                self._hooks.append(q.register_post_accumulate_grad_hook(note))
 
     # -- the step protocol ---------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -189,7 +225,13 @@ class Precision:
             raise ValueError(f"backward expects a scalar loss tensor, got "
                              f"{type(loss).__name__}{tuple(getattr(loss, 'shape', ()))}: reduce it "
                              "first (e.g. loss.mean())")
-        self.scaler.scale_loss(loss.float()).backward(**kwargs)
+        ok = torch.isfinite(loss.detach()).reshape(())
+        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok.to(self._loss_ok.device)
+        self._in_backward = True
+        try:
+            self.scaler.scale_loss(loss.float()).backward(**kwargs)
+        finally:
+            self._in_backward = False
         self._backward_pending = True
 
     def _grads(self, optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -222,6 +264,12 @@ class Precision:
         if isinstance(optimizer, MasterWeights):
             optimizer.collect_grads()
         params, grads = self._grads(optimizer)
+        if self._foreign_backward:
+            self._foreign_backward = False
+            raise RuntimeError("a loss.backward() outside prec.backward(loss) added gradients since "
+                               "the last step, so that loss was not scaled (it would count at "
+                               f"1/{self.scaler.scale:g} of its weight): replace loss.backward() "
+                               "with prec.backward(loss)")
         if not self._backward_pending:
             if not grads:
                 raise RuntimeError("no gradients to step on: call prec.backward(loss) before "
@@ -239,10 +287,17 @@ class Precision:
                                                           max_norm, found_inf)
         elif grads:
             _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
-        found_inf = self._all_reduce(found_inf)
+        loss_ok, self._loss_ok = self._loss_ok, None
+        flags = found_inf  # [found inf/NaN gradient, (if known) a loss was inf/NaN]
+        if loss_ok is not None:
+            flags = torch.cat([found_inf, (~loss_ok).float().reshape(1).to(device)])
+        flags = self._all_reduce(flags)  # one collective carries both verdicts
+        found_inf = flags[:1]
         if max_norm is not None and grads and not fused_clip:
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        skipped = bool(found_inf.item())  # the one host synchronisation per step
+        verdict = flags.tolist()  # the one host synchronisation per step
+        skipped, loss_bad = verdict[0] > 0, len(verdict) > 1 and verdict[1] > 0
+        self.last_loss_finite = not loss_bad
         if not skipped:
             optimizer.step()
             self.mode.after_step(optimizer, self._model)
@@ -252,7 +307,34 @@ class Precision:
         self.steps += 1
         self.skipped_steps += int(skipped)
         self._backward_pending = False
+        self._count_streak(skipped, loss_bad)
         return not skipped
+
+    def _count_streak(self, skipped: bool, loss_bad: bool) -> None:
+        if not skipped:
+            self.consecutive_skips = self._streak_bad_losses = 0
+            return
+        self.consecutive_skips += 1
+        self._streak_bad_losses += int(loss_bad)
+        if self.warn_skips is not None and self.consecutive_skips == self.warn_skips:
+            warnings.warn(self.skip_streak_message(), SkippedStepsWarning, stacklevel=3)
+
+    def skip_streak_message(self) -> str:
+        """What the current run of consecutive skipped steps means (reads the scale: one sync)."""
+        n, bad = self.consecutive_skips, self._streak_bad_losses
+        scale = self.scaler.scale
+        floor = getattr(getattr(self.scaler, "config", None), "min_scale", None)
+        at = f"loss scale now {scale:g}" + (" (the floor)" if floor is not None and scale <= floor else "")
+        if bad:
+            return (f"{n} consecutive optimizer steps skipped; the loss itself was inf/NaN in {bad} "
+                    f"of them: bad data (inf/NaN inputs or labels) or a diverged model, not FP16 "
+                    f"overflow, so no loss scale can fix it ({at}). Check the data, lower the "
+                    "learning rate or resume from an earlier checkpoint; mixprec doctor attributes "
+                    "each skip")
+        return (f"{n} consecutive optimizer steps skipped with a finite loss and inf/NaN gradients: "
+                f"the backward pass overflows {dtype_name(self.policy.compute_dtype)} ({at}). Use "
+                "bf16-mixed where the device has BF16, or find the overflowing layer with mixprec "
+                "doctor")
 
     def _all_reduce(self, found_inf: torch.Tensor) -> torch.Tensor:
         dist = torch.distributed
@@ -268,6 +350,14 @@ class Precision:
                 "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved; another policy, or a dict that is not a Precision
+        state, raises ValueError naming the problem."""
+        missing = ([k for k in _STATE_KEYS if k != "emulate" and k not in state]
+                   if isinstance(state, dict) else list(_STATE_KEYS))
+        if missing:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not a Precision state (missing {', '.join(missing)}; got {got}): "
+                             f"expected the dict of prec.state_dict() with keys {', '.join(_STATE_KEYS)}")
         saved = Policy.parse(state["policy"])
         if saved != self.policy:
             raise ValueError(f"checkpoint was saved with precision '{saved}', this Precision is "

@@ -8,6 +8,11 @@ never synchronises with the host. Only the ``scale`` property reads it back (one
 The dynamic rule is the pure function ``dynamic_update``: with default settings it reproduces
 ``torch.amp.GradScaler`` exactly (init 2**16, x2 after 2000 clean steps, x0.5 on overflow), and
 adds hysteresis (consecutive overflows tolerated before backing off), a floor and a ceiling.
+
+The floor is on by default (``min_scale=1.0``): without one, a run of inf/NaN *losses* (bad
+data, a diverged model) halves the scale every step until it underflows to 0 after ~150 steps
+(pytorch#99640); the next finite step then unscales by 1/0 and writes NaN into every weight.
+``min_scale=None`` switches the floor off and reproduces ``torch.amp.GradScaler`` bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["DynamicScaler", "LossScaler", "NoScaler", "StaticScaler", "dynamic_update", "make_scaler"]
+__all__ = ["DEFAULT_MIN_SCALE", "DynamicScaler", "LossScaler", "NoScaler", "StaticScaler", "dynamic_update",
+           "make_scaler"]
 
 
 @runtime_checkable
@@ -111,6 +117,15 @@ class StaticScaler(_TensorScale):
         return f"StaticScaler(scale={self.scale})"
 
 
+DEFAULT_MIN_SCALE = 1.0
+"""The default floor of ``DynamicScaler``. Why 1.0: a scale below 1 shrinks the gradients, which
+loss scaling exists to prevent; DeepSpeed (``min_loss_scale=1``) and Megatron-LM
+(``min_loss_scale=1.0``) use the same floor, and pytorch#99640 asks GradScaler for it. A run of
+overflows that pushes the scale to 1 is not fixed by a smaller scale: either the loss itself is
+inf/NaN (bad data, divergence; ``Precision`` warns and names it) or the forward pass overflows
+FP16 (use BF16). It also keeps the scale a power of two, so unscaling stays exact."""
+
+
 @dataclass(frozen=True)
 class DynamicConfig:
     init_scale: float = 2.0**16
@@ -118,7 +133,7 @@ class DynamicConfig:
     backoff_factor: float = 0.5
     growth_interval: int = 2000
     hysteresis: int = 1
-    min_scale: float | None = None
+    min_scale: float | None = DEFAULT_MIN_SCALE
     max_scale: float | None = 2.0**24
 
     def __post_init__(self) -> None:
@@ -182,8 +197,11 @@ def dynamic_update(
 class DynamicScaler(_TensorScale):
     """Dynamic loss scaling (defaults as ``torch.amp.GradScaler``, plus hysteresis/floor/ceiling).
 
-    ``max_scale`` defaults to 2**24 (Apex's ceiling); pass ``max_scale=None`` for torch's
-    unbounded growth. State (scale, growth tracker, hysteresis counter, config) is all checkpointed.
+    ``min_scale`` defaults to 1.0 (``DEFAULT_MIN_SCALE``: the scale cannot collapse to 0 during a
+    run of inf/NaN losses); ``max_scale`` defaults to 2**24 (Apex's ceiling). Pass
+    ``min_scale=None, max_scale=None`` for ``torch.amp.GradScaler``'s exact behaviour (bit for
+    bit, including its collapse to 0). State (scale, growth tracker, hysteresis counter, config)
+    is all checkpointed.
     """
 
     def __init__(
@@ -193,7 +211,7 @@ class DynamicScaler(_TensorScale):
         backoff_factor: float = 0.5,
         growth_interval: int = 2000,
         hysteresis: int = 1,
-        min_scale: float | None = None,
+        min_scale: float | None = DEFAULT_MIN_SCALE,
         max_scale: float | None = 2.0**24,
     ) -> None:
         self.config = DynamicConfig(init_scale, growth_factor, backoff_factor, growth_interval,

@@ -18,6 +18,8 @@ for name in ("emulate", "bench", "diagnose"):
     assert callable(getattr(mp, name)), name
 with mp.emulate("16-mixed"):
     pass
+import mixprec.bench.autobatch as autobatch  # module attributes still walk after mp.bench
+assert autobatch.largest_batch
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ def test_dynamic_update_equals_torch_kernel_for_default_settings():
     """5000 steps with a random overflow pattern: identical scale and tracker sequences."""
     g = torch.Generator().manual_seed(0)
     overflow = torch.rand(5000, generator=g) < 1 / 1500
-    config = DynamicConfig()
+    config = DynamicConfig(min_scale=None)
     scale, tracker = torch.tensor(2.0**16), torch.tensor(0, dtype=torch.int32)
     hyst = torch.tensor(1, dtype=torch.int32)
     t_scale, t_tracker = torch.tensor(2.0**16), torch.tensor(0, dtype=torch.int32)
@@ -53,7 +53,9 @@ def _train_with_injected_infs(use_mixprec: bool, inf_steps: set[int], steps: int
     x, y = torch.randn(16, 8), torch.randn(16, 1)
     scales, stepped = [], []
     if use_mixprec:
-        prec = mp.Precision("16-mixed", scaler=mp.DynamicScaler(growth_interval=3), device="cpu")
+        # min_scale=None: the explicit GradScaler-parity option (the default has a floor of 1.0)
+        prec = mp.Precision("16-mixed", scaler=mp.DynamicScaler(growth_interval=3, min_scale=None),
+                            device="cpu")
         model, opt = prec.setup(model, opt)
     else:
         scaler = torch.amp.GradScaler("cpu", growth_interval=3)

@@ -305,8 +305,9 @@ def run_bench(model_fn: ModelFn, batch_fn: Callable[[int], tuple[Any, Any]], los
               cfg: BenchConfig, log: Callable[[str], None] | None = None) -> BenchResult:
     """``bench`` with its knobs in one ``BenchConfig``: warm-up and memory, timed rounds,
     convergence read-back, largest batch, then the ratios against ``32``."""
-    dev = torch.device(cfg.device) if cfg.device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    from mixprec.hardware import select_device
+
+    dev = select_device(cfg.device)  # a missing CUDA device: one ValueError line with the fix
     policies, config_notes = _resolve_policies(cfg.precisions, dev)
     search_args, search_off = _budget_args(cfg.budget, dev)
 

@@ -26,7 +26,8 @@ KEYS: dict[str, Key] = {
                      "precisions=)", kind="list"),
     "steps": Key(20, "timed steps per precision"),
     "warmup": Key(3, "untimed warm-up steps per precision (memory is measured here)"),
-    "repeats": Key(5, "timing rounds the steps are split into (median/min/max over them)"),
+    "repeats": Key(None, "timing rounds the steps are split into (median/min/max over them); "
+                         "None: min(5, steps)"),
     "device": Key(None, "cpu, cuda, cuda:1 (default: cuda if available)"),
     "emulate": Key(False, "emulate FP16/BF16 numerics in FP32 (fast on any CPU; memory/speed "
                           "are then the emulator's)"),
@@ -67,6 +68,8 @@ def run(config: dict[str, Any]) -> int:
     from mixprec.bench.runner import bench
     from mixprec.bench.tasks import resolve_task
 
+    if config["repeats"] is None and isinstance(config["steps"], int):
+        config = {**config, "repeats": max(1, min(5, config["steps"]))}
     for key in ("imgsz", "batch", "steps", "warmup", "repeats", "max_batch", "seed"):
         if not isinstance(config[key], int) or isinstance(config[key], bool):
             raise ValueError(f"{key}={config[key]!r} must be an integer")

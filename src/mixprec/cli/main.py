@@ -4,12 +4,15 @@ The only module that reads ``sys.argv``. Each command is one module of this pack
 ``KEYS`` (dict of ``mixprec.keys.Key``; or ``keys(argv) -> dict`` when the keys depend on the
 model, as a task's do), ``SUMMARY`` (one line) and ``run(config: dict) -> int``; it is imported
 only when its command is used. Adding a command is adding its module and one
-line to ``COMMANDS``. A ``ValueError`` from a command is printed as one line on stderr (exit 2).
+line to ``COMMANDS``. A ``ValueError`` or ``OSError`` (bad input, a missing file, a full disk)
+out of a command is one line on stderr, ``mixprec <cmd>: <message>``, with exit status 2;
+``MIXPREC_DEBUG=1`` re-raises it (traceback).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from mixprec.cli.args import format_help, parse_keys
@@ -46,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = parse_keys(rest, keys, command)
         return int(module.run(config) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mixprec {command}: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input, missing file, disk full: one line
+        if os.environ.get("MIXPREC_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"mixprec {command}: {err}  (MIXPREC_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

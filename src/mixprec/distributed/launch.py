@@ -89,9 +89,9 @@ def shard_loader(loader: DataLoader, seed: int = 0) -> DataLoader:
     every rank sees a disjoint 1/world share of each epoch (padded by repeating samples to equal
     length), in batches of the loader's batch size."""
     sampler = DistributedSampler(loader.dataset, shuffle=True, seed=seed, drop_last=False)
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, drop_last=False,
-                      persistent_workers=False)
+    return type(loader)(loader.dataset, batch_size=loader.batch_size, sampler=sampler,  # same class
+                        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                        drop_last=False, persistent_workers=False)
 
 
 def broadcast_object(obj: Any) -> Any:

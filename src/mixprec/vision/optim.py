@@ -116,10 +116,11 @@ class Schedule:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count}
+        return {"count": self.count, "lr0": self.lr0}  # lr0: lowered by a NaN recovery
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count = int(state["count"])
+        self.lr0 = float(state.get("lr0", self.lr0))
         self.apply()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mixprec.vision.data.augment import letterbox
+from mixprec.vision.data.augment import letterbox, read_rgb
 from mixprec.vision.data.config import IMAGE_SUFFIXES
 from mixprec.vision.plotting import annotate, save_image
 from mixprec.vision.postprocess import non_max_suppression, scale_boxes
@@ -41,7 +41,8 @@ class Detections:
         return f"Detections({self.path!r}, {len(self)} boxes)"
 
 
-def _sources(source: Any) -> list[tuple[str, np.ndarray]]:
+def _sources(source: Any) -> list[tuple[str, Any]]:
+    """(name, array or path) per image; files are read later, one at a time (``_read``)."""
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] != 3:
             raise ValueError(f"array source must be HWC RGB with 3 channels, got {source.shape}")
@@ -53,28 +54,42 @@ def _sources(source: Any) -> list[tuple[str, np.ndarray]]:
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"no images in folder {path}")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"predict source not found: {source}")
-    out = []
-    for f in files:
-        with Image.open(f) as im:
-            out.append((str(f), np.asarray(im.convert("RGB"))))
-    return out
+        return [(str(f), f) for f in files]
+    if path.is_file():
+        return [(str(path), path)]
+    raise FileNotFoundError(f"predict source not found: {source}")
+
+
+def _read(item: Any) -> np.ndarray:
+    """An array as it is; a file as RGB with its EXIF orientation applied (as in training)."""
+    if isinstance(item, np.ndarray):
+        return item
+    return np.asarray(read_rgb(item))
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, source: Any, imgsz: int = 640, conf: float = 0.25,
             iou: float = 0.7, max_det: int = 300, save_dir: Path | None = None) -> list[Detections]:
     """Detect objects in ``source``; with ``save_dir``, also write annotated images there.
-    Runs FP32 on the model's device; one host synchronisation per image (NMS)."""
+    Files are read one at a time with their EXIF orientation applied; in a folder or list an
+    unreadable file is skipped with a warning (counted at the end); a single unreadable file
+    raises ValueError. Runs FP32 on the model's device; one host synchronisation per image (NMS)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     head = model.head
-    results = []
-    for k, (path, img) in enumerate(_sources(source)):
+    results: list[Detections] = []
+    skipped: list[str] = []
+    sources = _sources(source)
+    for k, (path, item) in enumerate(sources):
+        try:
+            img = _read(item)
+        except Exception as err:  # any decoder error: skip this file, go on
+            if len(sources) == 1:
+                raise ValueError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+            print(f"WARNING skipped {path}: unreadable image ({type(err).__name__}: {err})")
+            skipped.append(path)
+            continue
         boxed, r, pad = letterbox(img, imgsz)
         x = torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device).float() / 255
         det = non_max_suppression(model(x), head.stride, head.reg_max, head.nc, conf, iou,
@@ -88,4 +103,6 @@ def predict(model: torch.nn.Module, source: Any, imgsz: int = 640, conf: float =
             save_image(res.plot(), Path(save_dir) / name)
         results.append(res)
     model.train(was_training)
+    if skipped:
+        print(f"predict: {len(results)} images predicted, {len(skipped)} unreadable skipped")
     return results

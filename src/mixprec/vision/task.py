@@ -57,6 +57,10 @@ LOOP_KEYS: dict[str, Key] = {
     "val": Key(True, "validate every epoch (False: only after the last epoch)"),
     "resume": Key(False, "True (latest run, or model=.../last.pt) or a path to last.pt"),
     "patience": Key(100, "stop after this many epochs without fitness improvement"),
+    "nan_recovery": Key(25, "after this many optimizer steps in a row with an inf/NaN loss, act "
+                            "(nan_action); 0: off"),
+    "nan_action": Key("reload", "reload: restore the last good state and halve the LR (3 times at "
+                                "most, then stop); stop: stop with the reason"),
     "seed": Key(0, "random seed (shuffling, augmentation, initialisation)"),
     "project": Key("runs/task", "folder that holds the runs"),
     "name": Key("train", "run name; train, train2, ... unless exist_ok"),
@@ -197,7 +201,9 @@ def get_task(task: str | Task | None = None) -> Task:
 def load_weights(path: str | Path, task: Task | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The FP32 model (EMA weights) of a run's checkpoint, built by ``task`` (default: the task
     its record names), and the checkpoint dict (loaded with ``weights_only=True``)."""
-    ckpt = load_checkpoint(path)
+    from mixprec.vision.train_args import check_checkpoint
+
+    ckpt = check_checkpoint(load_checkpoint(path), path)
     record = ckpt["model"]
     model = (task or task_for_model(path, record)).model_from_record(record)
     model.load_state_dict(record["state_dict"])

@@ -38,8 +38,10 @@ from mixprec.vision.numerics_record import NumericsRecord
 from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
 from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
+from mixprec.vision.recovery import NanRecovery
 from mixprec.vision.run import ResultsLog, increment_path, write_yaml
 from mixprec.vision.task import Task, get_task, load_weights, task_for_model
+from mixprec.vision.train_args import check_checkpoint, check_train_values, resume_args
 
 __all__ = ["TrainResult", "TrainState", "build", "load_weights", "train", "train_one_epoch"]
 
@@ -69,6 +71,7 @@ class TrainState:
     scale_history: list[dict[str, Any]] = field(default_factory=list)
     forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
     numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
+    recovery: NanRecovery | None = None  # reload/stop after a run of inf/NaN losses (``train``)
 
 
 @dataclass
@@ -208,6 +211,8 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
             if rec is not None:  # skip attribution reads the gradients: before zero_grad
                 rec.on_step(stepped, loss, inputs, outputs)
             opt.zero_grad(set_to_none=True)
+            if st.recovery is not None:
+                st.recovery.after_step(st)
             pending = 0
             scales.append(prec.scaler.scale)
         items = items.cpu()  # loss = f(items): its finiteness costs no extra sync
@@ -266,20 +271,19 @@ def _find_resume(args: dict[str, Any]) -> Path:
 
 
 def _resume_args(given: dict[str, Any], task: Task) -> tuple[dict[str, Any], dict | None, Path | None]:
-    """``(args, checkpoint, run folder)``: a resumed run takes its checkpoint's args (``device``,
-    ``workers`` and ``verbose`` may change); a new run has no checkpoint and no folder yet."""
+    """``(args, checkpoint, run folder)``: a resumed run takes its checkpoint's args (only
+    ``train_args.RESUME_OVERRIDES`` may change; other given keys are named in one warning line);
+    a new run has no checkpoint and no folder yet."""
     if not given.get("resume"):
         return given, None, None
     keys = task.train_keys()
     path = _find_resume(check_keys(given, keys, "train"))
-    ckpt = load_checkpoint(path)
+    ckpt = check_checkpoint(load_checkpoint(path), path, resume=True)
     if ckpt.get("epoch", -1) < 0 or ckpt["epoch"] + 1 >= ckpt["args"]["epochs"]:
         raise ValueError(f"{path} is from a finished run: nothing to resume; start a new run "
                          f"with model={path}")
-    keep = {k: v for k, v in ckpt["args"].items() if k in keys}
-    overrides = {k: given[k] for k in ("device", "workers", "verbose") if k in given}
     print(f"Resuming training from {path} (epoch {ckpt['epoch'] + 2})")
-    return {**keep, **overrides, "resume": False}, ckpt, path.parent.parent
+    return resume_args(given, ckpt["args"], keys), ckpt, path.parent.parent
 
 
 def _validate(st: TrainState, model: torch.nn.Module, final: bool) -> Any:
@@ -331,6 +335,7 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     task = get_task(task) if task is not None else task_for_model(str(given.get("model", "")))
     given, resume_ckpt, save_dir = _resume_args(given, task)
     args = check_keys(given, task.train_keys(), "train")
+    check_train_values(args)
     with seeded(int(args["seed"]), dist.device if dist else select_device(args["device"])):
         return _run(build(args, weights, save_dir, task, dist), resume_ckpt, callbacks)
 
@@ -346,11 +351,16 @@ def _run(st: TrainState, resume_ckpt: dict | None, callbacks: dict[str, Callable
     log = ResultsLog(st.save_dir / "results.csv", keep_until_epoch=st.epoch)
     last, best = st.save_dir / "weights" / "last.pt", st.save_dir / "weights" / "best.pt"
     print(f"Logging results to {st.save_dir}\nStarting training for {epochs} epochs...")
-    t0, metrics, start = time.time(), None, st.epoch
+    # a resumed run's time column continues from the checkpoint's
+    t0 = time.time() - (float((resume_ckpt.get("metrics") or {}).get("time", 0.0)) if resume_ckpt else 0.0)
+    metrics, start = None, st.epoch
     epoch = start
     if main:  # before the first step; it adds no hook that outlives one locator run
         st.numerics = NumericsRecord(st.model, st.prec, st.optimizer, st.save_dir,
                                      resume=resume_ckpt is not None)
+    st.recovery = NanRecovery.from_args(a)
+    if st.recovery is not None:
+        st.recovery.snapshot(st, f"start of epoch {start + 1}")
     for epoch in range(start, epochs):
         st.epoch = epoch
         st.train_loader.dataset.set_epoch(epoch)
@@ -360,6 +370,8 @@ def _run(st: TrainState, resume_ckpt: dict | None, callbacks: dict[str, Callable
         final = epoch == epochs - 1
         metrics = _validate(st, st.ema.ema, final=False) if (a["val"] or final) and main else None
         _end_epoch(st, epoch, out, metrics, time.time() - t0, log, last, best)
+        if st.recovery is not None:
+            st.recovery.snapshot(st, f"end of epoch {epoch + 1}")
         if callbacks and "on_epoch_end" in callbacks:
             callbacks["on_epoch_end"](st, epoch)
         if epoch - st.best_epoch >= a["patience"] and st.best_epoch >= 0 and not final:

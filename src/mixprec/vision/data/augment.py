@@ -8,23 +8,32 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-__all__ = ["augment_hsv", "colour_matrix", "fliplr", "letterbox", "load_resized", "mosaic4", "random_affine"]
+__all__ = ["augment_hsv", "colour_matrix", "fliplr", "letterbox", "load_resized", "mosaic4", "random_affine",
+           "read_rgb"]
 
 PAD = 114
 
 
-def load_resized(path, imgsz: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read an image as RGB and resize it so its long side is ``imgsz``; returns the array and
-    the original (width, height)."""
+def read_rgb(path) -> Image.Image:
+    """An image file as an RGB PIL image, turned as its EXIF orientation says (the way viewers
+    and labelling tools show it, so labels drawn on it line up). Raises what PIL raises."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        r = imgsz / max(w, h)
-        if r != 1:
-            im = im.resize((max(1, round(w * r)), max(1, round(h * r))), Image.BILINEAR)
-        return np.asarray(im), (w, h)
+        if im.getexif().get(0x0112, 1) not in (1, None):  # orientation tag: turned or flipped
+            im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+def load_resized(path, imgsz: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read an image as RGB (EXIF orientation applied) and resize it so its long side is
+    ``imgsz``; returns the array and the original (width, height)."""
+    im = read_rgb(path)
+    w, h = im.size
+    r = imgsz / max(w, h)
+    if r != 1:
+        im = im.resize((max(1, round(w * r)), max(1, round(h * r))), Image.BILINEAR)
+    return np.asarray(im), (w, h)
 
 
 def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[float, float]]:

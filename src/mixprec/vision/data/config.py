@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mixprec.io import read_yaml
 from mixprec.vision.data.shapes import BUILTIN, generate
 
 __all__ = ["IMAGE_SUFFIXES", "DataConfig", "image_files", "label_path", "load_data_config"]
@@ -49,10 +48,7 @@ def load_data_config(data: str | Path, datasets_dir: str | Path = "datasets") ->
         else:
             raise FileNotFoundError(f"data YAML not found: {data} (built-in datasets: "
                                     f"{', '.join(n + '.yaml' for n in BUILTIN)})")
-    try:
-        cfg: Any = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise _fail(path, f"not valid YAML ({err})") from err
+    cfg: Any = read_yaml(path, "data YAML")  # a syntax error: one line with file:line:column
     if not isinstance(cfg, dict):
         raise _fail(path, "expected a mapping with keys path, train, val, names")
     if "validation" in cfg and "val" not in cfg:
@@ -60,6 +56,10 @@ def load_data_config(data: str | Path, datasets_dir: str | Path = "datasets") ->
     for key in ("train", "val"):
         if not cfg.get(key):
             raise _fail(path, f"missing key '{key}' (a folder of images, a .txt list or a list)")
+    if "nc" in cfg:
+        nc = cfg["nc"]
+        if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+            raise _fail(path, f"nc: {nc!r} must be a positive integer (the number of classes)")
     if "names" not in cfg:
         if "nc" in cfg:
             cfg["names"] = [f"class{i}" for i in range(int(cfg["nc"]))]
@@ -69,6 +69,11 @@ def load_data_config(data: str | Path, datasets_dir: str | Path = "datasets") ->
     if isinstance(names, list):
         names = dict(enumerate(names))
     elif isinstance(names, dict):
+        bad = [k for k in names if isinstance(k, bool)
+               or (not isinstance(k, int) and not (isinstance(k, str) and k.strip().isdigit()))]
+        if bad:
+            raise _fail(path, f"'names' key {bad[0]!r} is not a class id: use integer ids "
+                              f"0..{len(names) - 1} ({{0: person, 1: car}}) or a list of names")
         names = {int(k): str(v) for k, v in names.items()}
         if sorted(names) != list(range(len(names))):
             raise _fail(path, f"'names' ids must be 0..{len(names) - 1}, got {sorted(names)}")

@@ -16,6 +16,7 @@ caches when the images fit in a fixed share of the free memory (``cache_fits``).
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,8 @@ from mixprec.vision.data import augment as A
 from mixprec.vision.data.config import DataConfig, image_files, label_path
 from mixprec.vision.data.labels import LabelIndex, scan
 
-__all__ = ["AugmentConfig", "DetectionDataset", "EpochSampler", "build_dataloader", "cache_fits",
-           "collate"]
+__all__ = ["AugmentConfig", "DetectionDataset", "EpochSampler", "FlushingDataLoader", "build_dataloader",
+           "cache_fits", "collate"]
 
 CACHE_MAX_BYTES = 4 << 30  # "auto" caches at most this much, and at most a quarter of free RAM
 
@@ -193,6 +194,18 @@ def cache_fits(n_images: int, imgsz: int, max_bytes: int = CACHE_MAX_BYTES) -> b
     return need <= min(max_bytes, free // 4)
 
 
+class FlushingDataLoader(DataLoader):
+    """A DataLoader that flushes stdout/stderr before its worker processes fork: a forked worker
+    inherits the unflushed buffer and would write those lines a second time when it exits (seen
+    with stdout redirected to a file)."""
+
+    def __iter__(self):
+        if self.num_workers > 0:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return super().__iter__()
+
+
 def build_dataloader(data: DataConfig, split: str, imgsz: int, batch: int, train: bool,
                      workers: int = 0, seed: int = 0,
                      augment: AugmentConfig | None = None,
@@ -218,5 +231,6 @@ def build_dataloader(data: DataConfig, split: str, imgsz: int, batch: int, train
     if use_cache and workers > 0:  # workers are forked each epoch: fill the cache before
         ds.fill_cache()
     sampler = EpochSampler(len(ds), shuffle=train, seed=seed)
-    return DataLoader(ds, batch_size=min(batch, len(ds)), sampler=sampler, num_workers=workers,
-                      collate_fn=collate, drop_last=False, persistent_workers=False)
+    return FlushingDataLoader(ds, batch_size=min(batch, len(ds)), sampler=sampler,
+                              num_workers=workers, collate_fn=collate, drop_last=False,
+                              persistent_workers=False)

@@ -1,6 +1,7 @@
 """Scanning and checking YOLO labels, with a cache so that a second run starts fast.
 
-Every image is opened once (size, readability) and its label file parsed. A file with a problem
+Every image is decoded once, fully (so a truncated JPEG is found here, not mid-training; its size
+is taken after its EXIF orientation, as the loaders apply it) and its label file parsed. A file with a problem
 (malformed line, class id out of range, coordinate outside [0, 1], duplicate rows, unreadable
 or missing image) is reported once with the reason and skipped; a summary is printed and the
 run goes on. An empty or absent label file makes a background image. The scan result is cached
@@ -15,20 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mixprec.io import atomic_write_text
 from mixprec.vision.data.config import label_path
 
 __all__ = ["LabelIndex", "parse_label_text", "scan"]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: full decode, EXIF-oriented sizes, non-finite values rejected
 
 
 def parse_label_text(text: str, nc: int) -> np.ndarray:
     """Rows ``class cx cy w h`` -> (N, 5) float32 array. Raises ValueError with the reason:
-    malformed line, class id out of range, coordinates outside [0, 1] or non-positive size,
-    duplicate rows."""
+    malformed line, a value that is not a finite number (nan, inf, 1e400), class id out of range,
+    coordinates outside [0, 1] or non-positive size, duplicate rows; always with the line number."""
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -40,6 +41,8 @@ def parse_label_text(text: str, nc: int) -> np.ndarray:
             values = [float(v) for v in parts]
         except ValueError:
             raise ValueError(f"line {n}: not a number in {line.strip()!r}") from None
+        if not all(np.isfinite(values)):
+            raise ValueError(f"line {n}: not a finite number (nan/inf) in {line.strip()!r}")
         cls = values[0]
         if cls != int(cls) or not 0 <= cls < nc:
             raise ValueError(f"line {n}: class id {parts[0]} out of range 0..{nc - 1}")
@@ -75,9 +78,10 @@ def _check(image: Path, nc: int) -> tuple[tuple[int, int], np.ndarray]:
         raise ValueError("image file missing")
     try:
         with Image.open(image) as im:
-            im.verify()
+            im.verify()  # structure (PNG CRCs, ...)
         with Image.open(image) as im:
-            size = im.size
+            im.load()  # every pixel: a truncated file fails here
+            size = ImageOps.exif_transpose(im).size if _exif_rotates(im) else im.size
     except Exception as err:
         raise ValueError(f"unreadable image ({type(err).__name__}: {err})") from None
     lp = label_path(image)
@@ -86,6 +90,11 @@ def _check(image: Path, nc: int) -> tuple[tuple[int, int], np.ndarray]:
         return size, parse_label_text(text, nc)
     except ValueError as err:
         raise ValueError(f"label {lp}: {err}") from None
+
+
+def _exif_rotates(im: Image.Image) -> bool:
+    """Whether the image's EXIF orientation (tag 0x0112) turns or flips it."""
+    return im.getexif().get(0x0112, 1) not in (1, None)
 
 
 def _fingerprint(images: list[Path], nc: int) -> str:

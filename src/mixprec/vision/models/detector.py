@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
+from mixprec.io import read_yaml
 from mixprec.vision.models.blocks import SPPF, C2f, Concat, Conv, Detect, Upsample
 
 __all__ = ["DetectionModel", "load_model_yaml", "model_info"]
@@ -35,7 +35,9 @@ def load_model_yaml(name: str | Path) -> dict[str, Any]:
             choices = ", ".join(sorted(p.name for p in _BUILTIN.glob("*.yaml")))
             raise FileNotFoundError(f"model YAML not found: {name}; built-in models: {choices}")
         path = builtin
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_yaml(path, "model YAML")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"model YAML {path}: expected a mapping with backbone, head, depth, width")
     for key in ("backbone", "head", "depth", "width"):
         if key not in cfg:
             raise ValueError(f"model YAML {path} lacks the key '{key}'")
