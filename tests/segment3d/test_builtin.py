@@ -44,4 +44,5 @@ def test_generation_is_deterministic_and_registered(tmp_path, monkeypatch):
     cases, report = load_cases(cfg.splits["train"], cfg.nc, verbose=False)
     assert report.total == 0 and cases[0].spacing == pytest.approx((0.8, 0.8, 2.5))
     json_cfg = load_seg_data(cfg.source.parent / "dataset.json")  # the same set via its dataset.json
-    assert [c.image.resolve() for c in json_cfg.splits["val"]] == [c.image.resolve() for c in cfg.splits["val"]]
+    val = [c.image.resolve() for c in cfg.splits["val"]]
+    assert [c.image.resolve() for c in json_cfg.splits["val"]] == val
