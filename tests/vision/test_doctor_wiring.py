@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from vision_helpers import TINY_MODEL
 
+import mixprec.vision.data as vdata
 import mixprec.vision.trainer as trainer_mod
 from mixprec.precision import Precision
 from mixprec.scaler import DynamicScaler
@@ -104,13 +105,13 @@ class _PlantNaN:
 
 @pytest.mark.parametrize("nbs", [4, 8])  # 8: the NaN batch is the first of 2 accumulated
 def test_nan_input_batch_writes_the_locator_finding(tmp_path, monkeypatch, capsys, nbs):
-    real = trainer_mod.build_dataloader
+    real = vdata.build_dataloader
 
     def planting(data, split, *a, **k):
         loader = real(data, split, *a, **k)
         return _PlantNaN(loader) if split == "train" else loader
 
-    monkeypatch.setattr(trainer_mod, "build_dataloader", planting)
+    monkeypatch.setattr(vdata, "build_dataloader", planting)  # the detection task's loaders
     seen: dict = {}
     res = train(amp=False, epochs=1, datasets_dir=str(tmp_path / "datasets"),
                 project=str(tmp_path / "runs"), callbacks={"on_batch_end": _watch_hooks(seen)},

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mixprec.distributed.ranks import barrier, is_initialized, is_main_process
 
-__all__ = ["DistContext", "broadcast_object", "device_list", "init_from_launcher", "main_process_first",
+__all__ = ["DistContext", "broadcast_object", "device_list", "init_from_launcher", "launched_by_torchrun",
+           "main_process_first",
            "needs_launch", "quiet_unless_main", "relaunch", "shard_loader"]
 
 
@@ -50,6 +51,11 @@ def device_list(device: Any) -> list[str] | None:
     if items[0] != "cpu" and len(set(items)) != len(items):
         raise ValueError(f"device={device!r} lists a GPU twice: one process per GPU")
     return items
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a torchrun rank (torch reads the launcher's variables)."""
+    return dist.is_torchelastic_launched()
 
 
 def needs_launch(device: Any) -> bool:

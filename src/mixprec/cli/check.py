@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixprec.cliargs import Key
+from mixprec.keys import Key
 
 SUMMARY = ("Print this device's low-precision capabilities, the policy 'auto' chooses and why, "
            "and the result of the offline check_amp self-test.")

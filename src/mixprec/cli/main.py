@@ -1,7 +1,7 @@
 """The ``mixprec`` command: ``mixprec train|val|predict|bench|doctor|check key=value ...``.
 
 This is the only module that reads ``sys.argv``. Each command lives in its own module, which
-exposes ``KEYS`` (dict of ``mixprec.cliargs.Key``), ``SUMMARY`` (one line) and
+exposes ``KEYS`` (dict of ``mixprec.keys.Key``), ``SUMMARY`` (one line) and
 ``run(config: dict) -> int``; the module is imported only when its command is used.
 """
 
@@ -10,15 +10,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-from mixprec.cliargs import format_help, parse_keys
+from mixprec.cli.args import format_help, parse_keys
 
 COMMANDS: dict[str, str] = {
-    "check": "mixprec.check_cli",
-    "train": "mixprec.vision.commands.train",
-    "val": "mixprec.vision.commands.val",
-    "predict": "mixprec.vision.commands.predict",
-    "bench": "mixprec.bench.command",
-    "doctor": "mixprec.diagnose.command",
+    "check": "mixprec.cli.check",
+    "train": "mixprec.cli.train",
+    "val": "mixprec.cli.val",
+    "predict": "mixprec.cli.predict",
+    "bench": "mixprec.cli.bench",
+    "doctor": "mixprec.cli.doctor",
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mixprec.cliargs import Key
+from mixprec.keys import Key
 
 __all__ = ["KEYS", "SUMMARY", "run"]
 

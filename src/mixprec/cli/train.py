@@ -23,13 +23,14 @@ def run(config: dict[str, Any]) -> int:
         config = {**config, "verbose": False}  # no progress bars from the other ranks
     try:
         with dp.quiet_unless_main():  # rank 0 logs
-            result = train(config)
+            result = train(config, dist=ctx)
     finally:
         if ctx is not None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
     if result.metrics is not None:
-        m = result.metrics.box
-        print(f"final: mAP50={m.map50:.4f} mAP50-95={m.map:.4f} ({result.best})")
+        from mixprec.vision.task import task_for_model
+
+        print(f"final: {task_for_model(result.best).summary(result.metrics)} ({result.best})")
     return 0

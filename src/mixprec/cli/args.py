@@ -7,35 +7,11 @@ valid key suggested. This module only parses: ``mixprec.cli`` is what reads ``sy
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from mixprec.keys import Key, parse_value, rename_deprecated, unknown_key
 
 __all__ = ["Key", "format_help", "parse_keys", "parse_value"]
-
-
-@dataclass(frozen=True)
-class Key:
-    """One accepted key: its default and a one-line meaning. ``kind`` is ``"list"`` for
-    comma-separated values; otherwise the value is read as YAML (True, 0.01, None, text)."""
-
-    default: Any
-    help: str
-    kind: str = "auto"
-
-
-def parse_value(text: str, kind: str = "auto") -> Any:
-    if kind == "list":
-        return [parse_value(part) for part in text.split(",") if part.strip()]
-    if kind == "str":
-        return text
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if isinstance(value, (dict, list)) and kind != "auto" else value
 
 
 def parse_keys(args: list[str], keys: dict[str, Key], command: str) -> dict[str, Any]:
@@ -50,10 +26,9 @@ def parse_keys(args: list[str], keys: dict[str, Key], command: str) -> dict[str,
         if not sep:
             raise ValueError(f"'{arg}' is not key=value; for example: mixprec {command} "
                              f"{next(iter(keys))}=...  (see 'mixprec {command} --help')")
+        name = rename_deprecated(name, keys, f"mixprec {command}")
         if name not in keys:
-            close = difflib.get_close_matches(name, list(keys), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown key '{name}' for 'mixprec {command}'{hint} "
+            raise ValueError(f"{unknown_key(name, keys, f'mixprec {command}')} "
                              f"(see 'mixprec {command} --help')")
         values[name] = parse_value(text, keys[name].kind)
     return values

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mixprec.cliargs import Key
+from mixprec.keys import Key
 from mixprec.io import increment_path
 
 SUMMARY = ("Measure step time, memory, energy, largest batch and convergence per precision, side "
@@ -70,7 +70,13 @@ def run(config: dict[str, Any]) -> int:
         for key in ("imgsz", "batch", "steps", "warmup", "repeats", "max_batch", "seed"):
             if not isinstance(config[key], int) or isinstance(config[key], bool):
                 raise ValueError(f"{key}={config[key]!r} must be an integer")
-        task = resolve_task(str(config["model"]), int(config["imgsz"]), config["data"])
+        spec = str(config["model"]).strip()
+        if spec.endswith((".yaml", ".yml")):  # a vision task's model: the task defines the workload
+            from mixprec.vision.task import task_for_model
+
+            task = task_for_model(spec).workload(spec, int(config["imgsz"]), config["data"])
+        else:
+            task = resolve_task(spec, int(config["imgsz"]), config["data"])
         device = None if config["device"] in (None, "") else str(config["device"])
         precisions = [str(p) for p in config["precisions"]]
         result = bench(
