@@ -84,7 +84,7 @@ def test_predict_writes_label_map_with_input_affine_and_shape(tmp_path):
     image = np.random.default_rng(0).normal(size=(35, 33, 20)).astype(np.float32)
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "case.nii.gz"))
     model = UNet3D(load_unet_yaml("unet3d-n.yaml", nc=3))
-    labels = predict_volume(model, tmp_path / "case.nii.gz", (32, 32, 32), tmp_path / "out" / "seg.nii.gz",
+    labels, _ = predict_volume(model, tmp_path / "case.nii.gz", (32, 32, 32), tmp_path / "out" / "seg.nii.gz",
                             probabilities=True)
     out = nib.load(str(tmp_path / "out" / "seg.nii.gz"))
     assert out.shape == image.shape and np.allclose(out.affine, affine)

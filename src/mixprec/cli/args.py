@@ -11,7 +11,7 @@ from typing import Any
 
 from mixprec.keys import Key, parse_value, rename_deprecated, unknown_key
 
-__all__ = ["Key", "format_help", "parse_keys", "parse_value"]
+__all__ = ["Key", "format_help", "model_arg", "parse_keys", "parse_value"]
 
 
 def parse_keys(args: list[str], keys: dict[str, Key], command: str) -> dict[str, Any]:
@@ -32,6 +32,16 @@ def parse_keys(args: list[str], keys: dict[str, Key], command: str) -> dict[str,
                              f"(see 'mixprec {command} --help')")
         values[name] = parse_value(text, keys[name].kind)
     return values
+
+
+def model_arg(argv: list[str]) -> str | None:
+    """The value of ``model=`` in ``argv`` (None if absent): commands whose keys depend on the
+    model's task look it up before parsing."""
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if sep and name.strip().lstrip("-") == "model":
+            return value
+    return None
 
 
 def format_help(command: str, summary: str, keys: dict[str, Key]) -> str:

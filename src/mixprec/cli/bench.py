@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from mixprec.keys import Key
 from mixprec.io import increment_path
+from mixprec.keys import Key
 
 SUMMARY = ("Measure step time, memory, energy, largest batch and convergence per precision, side "
            "by side (e.g. mixprec bench model=det-n.yaml imgsz=640 batch=16 device=cpu)")

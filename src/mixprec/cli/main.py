@@ -37,11 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixprec: unknown command '{command}'\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command])
+    try:  # a command whose keys depend on the model named (the task's keys) has keys_for(argv)
+        keys = module.keys_for(rest) if hasattr(module, "keys_for") else module.KEYS
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mixprec {command}: {err}", file=sys.stderr)
+        return 2
     if any(a in ("-h", "--help", "help") for a in rest):
-        print(format_help(command, module.SUMMARY, module.KEYS))
+        print(format_help(command, module.SUMMARY, keys))
         return 0
     try:
-        config = parse_keys(rest, module.KEYS, command)
+        config = parse_keys(rest, keys, command)
     except ValueError as err:
         print(f"mixprec {command}: {err}", file=sys.stderr)
         return 2

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from mixprec.cli.args import model_arg
 from mixprec.vision.cfg import TRAIN_KEYS
 
 SUMMARY = ("Train a YOLO-style detector with mixed precision (amp=True picks the policy for "
            "the device), e.g. mixprec train model=det-n.yaml data=shapes.yaml epochs=20 imgsz=256")
 KEYS = TRAIN_KEYS
+
+
+def keys_for(argv: list[str]) -> dict[str, Any]:
+    """The train keys of the task of ``model=`` (e.g. ``unet3d-n.yaml`` -> segment3d's keys)."""
+    model = model_arg(argv)
+    if model is None:
+        return KEYS
+    from mixprec.vision.task import task_for_model
+
+    return task_for_model(model).train_keys()
+
 
 
 def run(config: dict[str, Any]) -> int:

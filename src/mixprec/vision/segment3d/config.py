@@ -45,6 +45,7 @@ class SegDataConfig:
     splits: dict[str, list[Case]]
     names: dict[int, str]  # 0 = background
     modalities: int | None = None  # channels the json/YAML declares (None: taken from the files)
+    ct: bool = False  # modality CT: nnU-Net's dataset-wide CT normalisation (else per-volume z-score)
 
     @property
     def nc(self) -> int:
@@ -136,8 +137,8 @@ def _load_decathlon(path: Path, val_fraction: float, seed: int) -> SegDataConfig
         val = cases(cfg["validation"], "validation")
     else:
         train, val = _split(train, val_fraction, seed)
-    return SegDataConfig(path, {"train": train, "val": val}, names,
-                         len(modality) if isinstance(modality, dict) else None)
+    mods = [str(m).upper() for m in modality.values()] if isinstance(modality, dict) else []
+    return SegDataConfig(path, {"train": train, "val": val}, names, len(mods) or None, "CT" in mods)
 
 
 def _load_yaml(path: Path, datasets_dir: Path) -> SegDataConfig:
@@ -167,8 +168,10 @@ def _load_yaml(path: Path, datasets_dir: Path) -> SegDataConfig:
             raise ValueError(f"data YAML {path}: '{key}' has no .nii/.nii.gz files ({sources[0]})")
         splits[key] = [Case(f, label_for(f)) for f in files]
     ch = cfg.get("channels")
+    mod = cfg.get("modality", [])
+    mods = [str(m).upper() for m in (mod if isinstance(mod, list) else [mod])]
     return SegDataConfig(path, splits, _names(cfg["names"], f"data YAML {path}"),
-                         int(ch) if ch else None)
+                         int(ch) if ch else None, "CT" in mods)
 
 
 def load_seg_data(data: str | Path, datasets_dir: str | Path = "datasets", val_fraction: float = 0.2,

@@ -16,9 +16,20 @@ import numpy as np
 from mixprec.vision.segment3d.config import Case
 from mixprec.vision.segment3d.nifti import UnreadableVolumeError, read_image, read_label
 
-__all__ = ["BadCaseError", "ChannelMismatchError", "LabelShapeError", "LabelValueError", "LoadedCase",
-           "MissingLabelError", "SkipReport", "UnreadableVolumeError", "check_case", "load_cases",
-           "normalize"]
+__all__ = [
+    "BadCaseError",
+    "ChannelMismatchError",
+    "LabelShapeError",
+    "LabelValueError",
+    "LoadedCase",
+    "MissingLabelError",
+    "SkipReport",
+    "UnreadableVolumeError",
+    "check_case",
+    "ct_stats",
+    "load_cases",
+    "normalize",
+]
 
 
 class BadCaseError(ValueError):
@@ -61,14 +72,43 @@ class SkipReport:
         return sum(self.counts.values())
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """Per-channel z-score (mean 0, std 1) of ``(C, x, y, z)``, in float32."""
+def normalize(image: np.ndarray, stats: list[tuple[float, float, float, float]] | None = None) -> np.ndarray:
+    """Normalise ``(C, x, y, z)`` to float32. ``stats`` None: per-channel z-score of this volume
+    (MRI-like data). ``stats`` per channel ``(lo, hi, mean, std)``: clip to ``[lo, hi]``, then
+    ``(x - mean) / std`` with dataset-wide values -- nnU-Net's CT normalisation, which keeps
+    soft-tissue contrast that a per-volume z-score (dominated by air) would flatten."""
     img = image.astype(np.float32, copy=True)
     for c in range(img.shape[0]):
         ch = img[c]
-        std = float(ch.std())
-        img[c] = (ch - float(ch.mean())) / (std if std > 1e-8 else 1.0)
+        if stats is not None:
+            lo, hi, mean, std = stats[c]
+            np.clip(ch, lo, hi, out=ch)
+        else:
+            mean, std = float(ch.mean()), float(ch.std())
+        img[c] = (ch - mean) / (std if std > 1e-8 else 1.0)
     return img
+
+
+def ct_stats(cases: list[LoadedCase], max_voxels: int = 100_000) -> list[tuple[float, float, float, float]]:
+    """Per channel ``(p0.5, p99.5, mean, std)`` of the foreground (label > 0) intensities of raw
+    (unnormalised) training cases, up to ``max_voxels`` sampled per case (seeded), as nnU-Net
+    computes its CT normalisation; mean/std are of the clipped values."""
+    rng = np.random.default_rng(0)
+    out = []
+    for c in range(cases[0].image.shape[0]):
+        vals = []
+        for case in cases:
+            v = case.image[c][case.label > 0] if case.label is not None else case.image[c].ravel()
+            if len(v) > max_voxels:
+                v = v[rng.choice(len(v), max_voxels, replace=False)]
+            vals.append(v)
+        allv = np.concatenate(vals).astype(np.float64)
+        if not len(allv):
+            raise ValueError("CT normalisation needs foreground voxels in the training labels")
+        lo, hi = np.percentile(allv, [0.5, 99.5])
+        clipped = np.clip(allv, lo, hi)
+        out.append((float(lo), float(hi), float(clipped.mean()), float(max(clipped.std(), 1e-8))))
+    return out
 
 
 def _fg_sample(label: np.ndarray, nc: int, rng: np.random.Generator,
@@ -84,8 +124,10 @@ def _fg_sample(label: np.ndarray, nc: int, rng: np.random.Generator,
     return out
 
 
-def check_case(case: Case, nc: int, channels: int | None = None, need_label: bool = True) -> LoadedCase:
-    """Read one case and check it; raises ``UnreadableVolumeError``, ``MissingLabelError``,
+def check_case(case: Case, nc: int, channels: int | None = None, need_label: bool = True,
+               raw: bool = False, stats: list[tuple[float, float, float, float]] | None = None) -> LoadedCase:
+    """Read one case and check it (image normalised with ``stats``, see ``normalize``, unless
+    ``raw``); raises ``UnreadableVolumeError``, ``MissingLabelError``,
     ``LabelShapeError``, ``LabelValueError`` (non-integer values, or outside 0..nc-1) or
     ``ChannelMismatchError``, each naming the file and what to fix."""
     vol = read_image(case.image)
@@ -98,13 +140,13 @@ def check_case(case: Case, nc: int, channels: int | None = None, need_label: boo
         if case.label is None or not case.label.is_file():
             raise MissingLabelError(f"{case.image}: no label file "
                                     f"({case.label or 'no imagesTr/ or images/ folder in the path'})")
-        lab, raw = read_label(case.label)
+        lab, values = read_label(case.label)
         if lab.array.shape != vol.spatial_shape:
             raise LabelShapeError(f"{case.label}: label shape {lab.array.shape} != image shape "
                                   f"{vol.spatial_shape} ({case.image}); resample the label onto the "
                                   "image grid")
-        if raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
-            bad = raw[raw != np.round(raw)].ravel()[0]
+        if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+            bad = values[values != np.round(values)].ravel()[0]
             raise LabelValueError(f"{case.label}: non-integer label value {bad}; labels must be class ids "
                                   f"0..{nc - 1}")
         lo, hi = int(lab.array.min()), int(lab.array.max())
@@ -113,11 +155,14 @@ def check_case(case: Case, nc: int, channels: int | None = None, need_label: boo
                                   f"({nc} classes in 'names'/'labels')")
         label = lab.array.astype(np.uint8)
         fg = _fg_sample(label, nc, np.random.default_rng(0))
-    return LoadedCase(case.name, normalize(vol.array), label, vol.affine, vol.spacing, fg)
+    image = vol.array if raw else normalize(vol.array, stats)
+    return LoadedCase(case.name, image, label, vol.affine, vol.spacing, fg)
 
 
 def load_cases(cases: list[Case], nc: int, channels: int | None = None, split: str = "train",
-               verbose: bool = True) -> tuple[list[LoadedCase], SkipReport]:
+               verbose: bool = True, raw: bool = False,
+               stats: list[tuple[float, float, float, float]] | None = None,
+               ) -> tuple[list[LoadedCase], SkipReport]:
     """Every case of ``cases`` that passes ``check_case``; bad ones are skipped and counted.
     All loaded cases must share one channel count (the first good case's, unless ``channels``).
     Raises ValueError when no case is usable."""
@@ -125,7 +170,7 @@ def load_cases(cases: list[Case], nc: int, channels: int | None = None, split: s
     report = SkipReport()
     for case in cases:
         try:
-            lc = check_case(case, nc, channels)
+            lc = check_case(case, nc, channels, raw=raw, stats=stats)
         except (BadCaseError, UnreadableVolumeError) as err:
             report.counts[type(err).__name__] += 1
             report.messages.append(str(err))

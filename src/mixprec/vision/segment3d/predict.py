@@ -36,21 +36,25 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, patch: tuple[int, 
 
 
 def predict_volume(model: torch.nn.Module, source: str | Path, patch: tuple[int, int, int],
-                   out: str | Path, autocast: Callable[[], AbstractContextManager] | None = None,
-                   probabilities: bool = False, overlap: float = 0.5) -> np.ndarray:
-    """Segment the NIfTI ``source`` and write the label map (uint8) to ``out`` with the input's
-    affine and shape; with ``probabilities`` also ``<out stem>_probs.nii.gz`` (float32, one
-    channel per class, channel last). Returns the label map ``(x, y, z)``."""
+                   out: str | Path | None = None,
+                   autocast: Callable[[], AbstractContextManager] | None = None,
+                   probabilities: bool = False, overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Segment the NIfTI ``source``; returns the label map ``(x, y, z)`` uint8 and the input's
+    affine. With ``out``, writes the label map there with the input's affine and shape, and
+    with ``probabilities`` also ``<out stem>_probs.nii.gz`` (float32, one channel per class,
+    channel last)."""
     vol = read_image(source)
     expected = model.cfg.in_channels  # type: ignore[attr-defined]
     if vol.array.shape[0] != expected:
         raise ValueError(f"{source}: {vol.array.shape[0]} channel(s), the model takes {expected}")
-    logits = predict_logits(model, normalize(vol.array), patch, autocast, overlap)
+    stats = getattr(model, "norm_stats", None)  # the training data's CT normalisation, if any
+    logits = predict_logits(model, normalize(vol.array, stats), patch, autocast, overlap)
     labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
-    write_nifti(out, labels, vol.affine)
-    if probabilities:
-        out = Path(out)
-        stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
-        probs = torch.softmax(logits, 0).cpu().numpy().astype(np.float32)
-        write_nifti(out.with_name(f"{stem}_probs.nii.gz"), probs, vol.affine)
-    return labels
+    if out is not None:
+        write_nifti(out, labels, vol.affine)
+        if probabilities:
+            out = Path(out)
+            stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
+            probs = torch.softmax(logits, 0).cpu().numpy().astype(np.float32)
+            write_nifti(out.with_name(f"{stem}_probs.nii.gz"), probs, vol.affine)
+    return labels, vol.affine

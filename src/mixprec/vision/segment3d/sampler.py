@@ -16,13 +16,15 @@ batch's device, drawn from ``gen`` (a ``torch.Generator``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mixprec.vision.segment3d.dataset import LoadedCase
 
-__all__ = ["FG_EVERY", "PatchSampler", "augment", "crop"]
+__all__ = ["FG_EVERY", "EpochSampler", "PatchDataset", "PatchSampler", "augment", "crop", "patch_loader"]
 
 FG_EVERY = 3  # patch k is foreground-centred when k % FG_EVERY == FG_EVERY - 1
 
@@ -114,3 +116,60 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
         xs.append(xi)
         ys.append(yi)
     return torch.stack(xs).contiguous(), torch.stack(ys).contiguous()
+
+
+class PatchDataset(Dataset):
+    """Patch ``k`` of the epoch as ``(image (C, *patch) float32, label (*patch) int64)``, a pure
+    function of ``(seed, epoch, k)``: the same in any worker and after a resume. Patch ``k`` is
+    foreground-centred when ``k % 3 == 2``; ``augment`` applies ``augment`` per patch."""
+
+    def __init__(self, cases: list[LoadedCase], patch: tuple[int, int, int], length: int,
+                 seed: int = 0, augment: bool = True):
+        self.sampler = PatchSampler(cases, patch, 1, 1, seed)
+        self.length, self.seed, self.augment, self.epoch = length, seed, augment, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.sampler
+        rng = np.random.default_rng([self.seed, self.epoch, k])
+        case = s.cases[int(rng.integers(len(s.cases)))]
+        assert case.label is not None
+        start = s.start_for(case, rng, foreground=k % FG_EVERY == FG_EVERY - 1)
+        x = torch.from_numpy(crop(case.image, start, s.patch))
+        y = torch.from_numpy(crop(case.label, start, s.patch).astype(np.int64))
+        if self.augment:
+            gen = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+            xa, ya = augment(x[None], y[None], gen)
+            x, y = xa[0], ya[0]
+        return x, y
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``0..n-1`` in order (the dataset draws the randomness); ``set_epoch`` for the loop."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def patch_loader(cases: list[LoadedCase], patch: tuple[int, int, int], batch: int, iterations: int,
+                 seed: int = 0, workers: int = 0, augment: bool = True) -> DataLoader:
+    """``iterations`` batches of ``batch`` random patches per epoch (see ``PatchDataset``)."""
+    ds = PatchDataset(cases, patch, iterations * batch, seed, augment)
+    kwargs: dict[str, Any] = {"num_workers": workers}
+    if workers > 0:
+        kwargs["persistent_workers"] = False  # workers pick up set_epoch on each new epoch
+    return DataLoader(ds, batch_size=batch, sampler=EpochSampler(len(ds)), drop_last=True, **kwargs)

@@ -125,6 +125,10 @@ class UNet3D(nn.Module):
         # heads[0] is full resolution; heads[k] sits on the decoder output at 1/2**k
         self.heads = nn.ModuleList(nn.Conv3d(ch[k], cfg.nc, 1) for k in range(n_heads))
 
+    @property
+    def nc(self) -> int:
+        return self.cfg.nc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         d = self.cfg.divisor
         if any(s % d or s < 2 * d for s in x.shape[2:]):
