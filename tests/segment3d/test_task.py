@@ -107,3 +107,24 @@ def test_training_learns_the_liver(tiny_organs, tmp_path):
     result = train(data=str(tiny_organs), epochs=4, project=str(tmp_path), val=False,
                    **{**FAST, "iterations": 20, "lr0": 0.002, "warmup_epochs": 0})
     assert result.metrics.per_class["liver"] > 0.6, result.metrics.per_class
+
+
+def test_forward_overflow_is_located_and_the_skip_attributed(tiny_organs, tmp_path, capsys):
+    """16-mixed, stem conv weights of 3e4 (representable in FP16): its FP16 output overflows; the
+    run folder names the module (NaN locator) and the skipped step, as for detection."""
+    import json
+
+    from mixprec.vision.segment3d.unet import UNet3D, load_unet_yaml
+
+    model = UNet3D(load_unet_yaml(TINY, nc=5))
+    with torch.no_grad():
+        model.stem[0].weight.fill_(3e4)
+    res = train(data=str(tiny_organs), epochs=1, project=str(tmp_path), weights=model,
+                **{**FAST, "amp": "16-mixed", "iterations": 1})
+    loc = json.loads((res.save_dir / "nan_locator.json").read_text())
+    origin = loc["origin"]
+    assert origin["phase"] == "forward" and origin["module"] == "stem.0"
+    assert origin["op"].startswith("aten.convolution") and origin["output"]["dtype"] == "float16"
+    recs = [json.loads(x) for x in (res.save_dir / "skipped_steps.jsonl").read_text().splitlines()]
+    assert recs[0]["step"] == 0 and recs[0]["cause"] == "forward"
+    assert "created in forward stem.0 / aten.convolution" in capsys.readouterr().out
