@@ -50,3 +50,17 @@ def test_instance_norm_is_a_norm_layer_kept_fp32_under_master():
         out = model(torch.randn(1, 1, 8, 8, 8))
     assert seen["in"] and set(seen["in"]) == {torch.float32}  # fed FP32 inputs
     assert out.dtype == torch.float32  # output policy
+
+
+def test_strided_stem_variant_returns_full_resolution_and_supervision_levels():
+    cfg = load_unet_yaml({"channels": [8, 16, 32], "blocks": [1, 1, 1], "nc": 3, "stem_stride": 2})
+    assert cfg.divisor == 8
+    model = UNet3D(cfg)
+    x = torch.randn(2, 1, 16, 24, 16)
+    outs = model(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 3, 16, 24, 16), (2, 3, 8, 12, 8), (2, 3, 4, 6, 4)]
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, 3, 16, 24, 16)
+    with pytest.raises(ValueError, match="stem_stride=3"):
+        load_unet_yaml({"channels": [8, 16], "blocks": [1, 1], "stem_stride": 3})

@@ -32,24 +32,28 @@ class UNetConfig:
     decoder_blocks: int = 1
     deep_supervision: bool = True
     name: str = "unet3d"
+    stem_stride: int = 1  # 2: the stem downsamples; a light full-resolution block restores the size
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.blocks) or len(self.channels) < 2:
             raise ValueError(f"channels {self.channels} and blocks {self.blocks} need the same length >= 2")
         if min(self.blocks) < 1 or min(self.channels) < 1:
             raise ValueError(f"channels and blocks must be positive, got {self.channels}, {self.blocks}")
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride={self.stem_stride}: use 1 or 2")
         if self.nc < 2 or self.in_channels < 1:
             raise ValueError(f"nc={self.nc} (>= 2, incl. background), in_channels={self.in_channels} (>= 1)")
 
     @property
     def divisor(self) -> int:
         """Patch sides must be multiples of this (2 ** number of downsamplings)."""
-        return 2 ** (len(self.channels) - 1)
+        return self.stem_stride * 2 ** (len(self.channels) - 1)
 
     def as_dict(self) -> dict[str, Any]:
         return {"task": "segment3d", "name": self.name, "channels": list(self.channels),
                 "blocks": list(self.blocks), "in_channels": self.in_channels, "nc": self.nc,
-                "decoder_blocks": self.decoder_blocks, "deep_supervision": self.deep_supervision}
+                "decoder_blocks": self.decoder_blocks, "deep_supervision": self.deep_supervision,
+                "stem_stride": self.stem_stride}
 
 
 def load_unet_yaml(source: str | Path | dict[str, Any], **override: Any) -> UNetConfig:
@@ -73,11 +77,12 @@ def load_unet_yaml(source: str | Path | dict[str, Any], **override: Any) -> UNet
     cfg.update({k: v for k, v in override.items() if v is not None})
     return UNetConfig(tuple(cfg["channels"]), tuple(cfg["blocks"]), int(cfg.get("in_channels", 1)),
                       int(cfg.get("nc", 2)), int(cfg.get("decoder_blocks", 1)),
-                      bool(cfg.get("deep_supervision", True)), str(cfg.get("name", name)))
+                      bool(cfg.get("deep_supervision", True)), str(cfg.get("name", name)),
+                      int(cfg.get("stem_stride", 1)))
 
 
-def _conv_norm_act(c1: int, c2: int, stride: int = 1, act: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv3d(c1, c2, 3, stride, 1, bias=False),
+def _conv_norm_act(c1: int, c2: int, stride: int = 1, act: bool = True, k: int = 3) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv3d(c1, c2, k, stride, (k - 1) // 2, bias=False),
                                nn.InstanceNorm3d(c2, affine=True)]
     if act:
         layers.append(nn.LeakyReLU(0.01, inplace=True))
@@ -107,7 +112,9 @@ class UNet3D(nn.Module):
         self.cfg = cfg
         self.names: dict[int, str] = {i: f"class{i}" for i in range(cfg.nc)}
         ch = cfg.channels
-        self.stem = nn.Sequential(*_conv_norm_act(cfg.in_channels, ch[0]))
+        s = cfg.stem_stride
+        # stem_stride 2: a 2x2x2 stride-2 patchify conv (no overlap, 8x fewer voxels after it)
+        self.stem = nn.Sequential(*_conv_norm_act(cfg.in_channels, ch[0], s, k=3 if s == 1 else 2))
         self.encoder = nn.ModuleList()
         for i, (c, n) in enumerate(zip(ch, cfg.blocks, strict=True)):
             c_in = ch[0] if i == 0 else ch[i - 1]
@@ -121,9 +128,15 @@ class UNet3D(nn.Module):
             for _ in range(cfg.decoder_blocks - 1):
                 layers += _conv_norm_act(ch[i - 1], ch[i - 1])
             self.decoder.append(nn.Sequential(*layers))
-        n_heads = min(3, len(ch) - 1) if cfg.deep_supervision else 1
-        # heads[0] is full resolution; heads[k] sits on the decoder output at 1/2**k
-        self.heads = nn.ModuleList(nn.Conv3d(ch[k], cfg.nc, 1) for k in range(n_heads))
+        self.full = None
+        if s == 2:  # back to full resolution: upsample, concat the input image, one light conv block
+            f = max(ch[0] // 2, 4)
+            self.full_up = nn.ConvTranspose3d(ch[0], f, 2, 2, bias=False)
+            self.full = nn.Sequential(*_conv_norm_act(f + cfg.in_channels, f))
+        n_heads = min(3, len(ch) - 1 + (s == 2)) if cfg.deep_supervision else 1
+        # heads[k] sits on the features at 1/2**k of the input size (heads[0]: full resolution)
+        feats = ([max(ch[0] // 2, 4)] if s == 2 else []) + list(ch)
+        self.heads = nn.ModuleList(nn.Conv3d(feats[k], cfg.nc, 1) for k in range(n_heads))
 
     @property
     def nc(self) -> int:
@@ -140,12 +153,14 @@ class UNet3D(nn.Module):
         for stage in self.encoder:
             h = stage(h)
             skips.append(h)
-        outs = []
+        feats: dict[int, torch.Tensor] = {}  # 1/2**k resolution -> decoder features
+        s = self.cfg.stem_stride
         n_levels = len(self.up)
         for j, (up, dec) in enumerate(zip(self.up, self.decoder, strict=True)):
             h = dec(torch.cat([up(h), skips[-2 - j]], 1))
-            level = n_levels - 1 - j  # resolution level of h: 0 = full
-            if level < len(self.heads) and (self.training or level == 0):
-                outs.append(self.heads[level](h))
-        outs.reverse()
+            feats[n_levels - 1 - j + (s == 2)] = h
+        if self.full is not None:
+            feats[0] = self.full(torch.cat([self.full_up(h), x.to(h.dtype)], 1))
+        wanted = range(len(self.heads)) if self.training else range(1)
+        outs = [self.heads[k](feats[k]) for k in wanted]
         return outs if (self.training and len(self.heads) > 1) else outs[0]
