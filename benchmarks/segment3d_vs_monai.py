@@ -204,7 +204,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mem-model", default="unet3d-s.yaml")
     ap.add_argument("--mem-precisions", default="32,bf16-mixed,16-mixed,16-master,bf16-master")
-    ap.add_argument("--mem-probe", type=int, default=32)
+    ap.add_argument("--mem-probe", type=int, default=64,
+                    help="probe patch (64: ~2 GiB of RAM for unet3d-s in FP32)")
     ap.add_argument("--mem-patch", type=int, default=128)
     ap.add_argument("--budget", type=float, default=8.0, help="GiB")
     ap.add_argument("--skip-memory", action="store_true")
