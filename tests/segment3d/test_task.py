@@ -128,3 +128,15 @@ def test_forward_overflow_is_located_and_the_skip_attributed(tiny_organs, tmp_pa
     recs = [json.loads(x) for x in (res.save_dir / "skipped_steps.jsonl").read_text().splitlines()]
     assert recs[0]["step"] == 0 and recs[0]["cause"] == "forward"
     assert "created in forward stem.0 / aten.convolution" in capsys.readouterr().out
+
+
+def test_bench_cli_measures_a_unet_workload_by_patch(tmp_path, capsys):
+    rc = cli_main(["bench", f"model={TINY}", "patch=8", "batch=1", "steps=1", "warmup=1", "repeats=1",
+                   "precisions=32", "device=cpu", "plots=False", "energy=False",
+                   f"project={tmp_path}"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "(patch 8^3, synthetic volumes)" in out
+    import json
+
+    row = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"][0]
+    assert row["precision"] == "32" and row["memory"]["activations"] > 0
