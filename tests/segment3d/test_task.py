@@ -140,3 +140,12 @@ def test_bench_cli_measures_a_unet_workload_by_patch(tmp_path, capsys):
 
     row = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"][0]
     assert row["precision"] == "32" and row["memory"]["activations"] > 0
+
+
+def test_trains_from_a_decathlon_dataset_json_with_ct_normalisation(tiny_organs, tmp_path):
+    res = train(data=str(tiny_organs.parent / "dataset.json"), epochs=1, project=str(tmp_path),
+                **{**FAST, "iterations": 1})
+    record = load_checkpoint(res.best)["model"]
+    assert record["norm"] is not None and len(record["norm"]) == 1  # CT: dataset-wide statistics
+    lo, hi, mean, std = record["norm"][0]
+    assert -200 < lo < mean < hi < 300 and std > 0  # soft tissue / organ HU, not air
