@@ -47,8 +47,11 @@ def parse_value(text: str, kind: str = "auto") -> Any:
 
 def unknown_key(name: str, keys: dict[str, Key], what: str) -> ValueError:
     """The error for a key ``what`` does not accept, with the nearest valid key."""
-    close = difflib.get_close_matches(name, list(keys), n=1)
+    old = [k for k, new in DEPRECATED.items() if new in keys and k not in keys]
+    close = difflib.get_close_matches(name, [*keys, *old], n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    if close and close[0] in old:
+        hint += f" ('{close[0]}=' is now '{DEPRECATED[close[0]]}=')"
     return ValueError(f"unknown {what} argument '{name}'{hint}")
 
 

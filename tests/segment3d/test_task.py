@@ -132,7 +132,7 @@ def test_forward_overflow_is_located_and_the_skip_attributed(tiny_organs, tmp_pa
 
 def test_bench_cli_measures_a_unet_workload_by_patch(tmp_path, capsys):
     rc = cli_main(["bench", f"model={TINY}", "patch=8", "batch=1", "steps=1", "warmup=1", "repeats=1",
-                   "precisions=32", "device=cpu", "plots=False", "energy=False",
+                   "precision=32", "device=cpu", "plots=False", "energy=False",
                    f"project={tmp_path}"])
     out = capsys.readouterr().out
     assert rc == 0 and "(patch 8^3, synthetic volumes)" in out

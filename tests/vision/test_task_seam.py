@@ -134,3 +134,39 @@ def test_under_torchrun_without_dist_train_says_what_to_pass(monkeypatch):
     monkeypatch.setattr(launch, "launched_by_torchrun", lambda: True)
     with pytest.raises(ValueError, match="dist=mixprec.distributed.init_from_launcher"):
         train(task=ToyTask(), amp=False, verbose=False)
+
+
+def test_one_precision_per_run_and_autobatch_gets_a_factory(monkeypatch, tmp_path):
+    import mixprec.bench.autobatch as autobatch
+    import mixprec.vision.trainer as trainer_mod
+    from mixprec.precision import Precision
+
+    built, given = [], {}
+
+    def counting(*args, **kwargs):
+        built.append(Precision(*args, **kwargs))
+        return built[-1]
+
+    def fake_largest(model, batch_fn, loss_fn, *, precision, **kwargs):
+        given["precision"] = precision
+        return SimpleNamespace(batch=4, budget_source="test")
+
+    monkeypatch.setattr(trainer_mod, "Precision", counting)
+    monkeypatch.setattr(autobatch, "largest_batch", fake_largest)
+    st = trainer_mod.build(trainer_mod.check_keys({"batch": -1, "amp": "bf16-mixed", "verbose": False,
+                                                   "project": str(tmp_path)},
+                                                  ToyTask().train_keys(), "train"),
+                           task=ToyTask(), save_dir=None)
+    assert len(built) == 1 and st.prec is built[0]  # the run's one Precision
+    probe = given["precision"]()  # autobatch builds its own, of the same policy, when it probes
+    assert probe is not st.prec and str(probe.policy) == "bf16-mixed" and len(built) == 2
+
+
+def test_precision_key_wins_over_the_amp_alias(tmp_path):
+    import mixprec.vision.trainer as trainer_mod
+
+    args = trainer_mod.check_keys({"amp": False, "precision": "bf16-master", "verbose": False,
+                                   "project": str(tmp_path)}, ToyTask().train_keys(), "train")
+    st = trainer_mod.build(args, task=ToyTask())
+    assert str(st.prec.policy) == "bf16-master" and st.args["precision"] == "bf16-master"
+    assert "precision=bf16-master: preset requested" in st.precision_reason

@@ -11,7 +11,16 @@ from typing import Any
 
 from mixprec.keys import Key, parse_value, rename_deprecated, unknown_key
 
-__all__ = ["Key", "format_help", "model_arg", "parse_keys", "parse_value"]
+__all__ = ["Key", "format_help", "given_value", "parse_keys", "parse_value"]
+
+
+def given_value(args: list[str], name: str, default: Any = None) -> Any:
+    """The value of ``name=...`` among ``args`` (the last one given), or ``default``."""
+    for arg in reversed(args):
+        key, sep, text = arg.partition("=")
+        if sep and key.strip().lstrip("-").replace("-", "_") == name:
+            return parse_value(text)
+    return default
 
 
 def parse_keys(args: list[str], keys: dict[str, Key], command: str) -> dict[str, Any]:
@@ -32,16 +41,6 @@ def parse_keys(args: list[str], keys: dict[str, Key], command: str) -> dict[str,
                              f"(see 'mixprec {command} --help')")
         values[name] = parse_value(text, keys[name].kind)
     return values
-
-
-def model_arg(argv: list[str]) -> str | None:
-    """The value of ``model=`` in ``argv`` (None if absent): commands whose keys depend on the
-    model's task look it up before parsing."""
-    for arg in argv:
-        name, sep, value = arg.partition("=")
-        if sep and name.strip().lstrip("-") == "model":
-            return value
-    return None
 
 
 def format_help(command: str, summary: str, keys: dict[str, Key]) -> str:

@@ -1,8 +1,10 @@
 """The ``mixprec`` command: ``mixprec train|val|predict|bench|doctor|check key=value ...``.
 
-This is the only module that reads ``sys.argv``. Each command lives in its own module, which
-exposes ``KEYS`` (dict of ``mixprec.keys.Key``), ``SUMMARY`` (one line) and
-``run(config: dict) -> int``; the module is imported only when its command is used.
+The only module that reads ``sys.argv``. Each command is one module of this package exposing
+``KEYS`` (dict of ``mixprec.keys.Key``; or ``keys(argv) -> dict`` when the keys depend on the
+model, as a task's do), ``SUMMARY`` (one line) and ``run(config: dict) -> int``; it is imported
+only when its command is used. Adding a command is adding its module and one
+line to ``COMMANDS``. A ``ValueError`` from a command is printed as one line on stderr (exit 2).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import sys
 from mixprec.cli.args import format_help, parse_keys
 
 COMMANDS: dict[str, str] = {
-    "check": "mixprec.cli.check",
     "train": "mixprec.cli.train",
     "val": "mixprec.cli.val",
     "predict": "mixprec.cli.predict",
     "bench": "mixprec.cli.bench",
     "doctor": "mixprec.cli.doctor",
+    "check": "mixprec.cli.check",
 }
 
 
@@ -37,20 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixprec: unknown command '{command}'\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command])
-    try:  # a command whose keys depend on the model named (the task's keys) has keys_for(argv)
-        keys = module.keys_for(rest) if hasattr(module, "keys_for") else module.KEYS
+    try:
+        keys = module.keys(rest) if hasattr(module, "keys") else module.KEYS
+        if any(a in ("-h", "--help", "help") for a in rest):
+            print(format_help(command, module.SUMMARY, keys))
+            return 0
+        config = parse_keys(rest, keys, command)
+        return int(module.run(config) or 0)
     except (ValueError, FileNotFoundError) as err:
         print(f"mixprec {command}: {err}", file=sys.stderr)
         return 2
-    if any(a in ("-h", "--help", "help") for a in rest):
-        print(format_help(command, module.SUMMARY, keys))
-        return 0
-    try:
-        config = parse_keys(rest, keys, command)
-    except ValueError as err:
-        print(f"mixprec {command}: {err}", file=sys.stderr)
-        return 2
-    return int(module.run(config) or 0)
 
 
 if __name__ == "__main__":

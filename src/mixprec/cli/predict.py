@@ -4,29 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixprec.cli.args import model_arg
+from mixprec.keys import Key
 from mixprec.vision.cfg import PREDICT_KEYS
 
 SUMMARY = "Detect objects in an image or a folder with a checkpoint; saves annotated images"
-KEYS = PREDICT_KEYS
+KEYS = PREDICT_KEYS  # detection's; keys() picks the checkpoint's task's own predict_keys if it has them
 
 
-def keys_for(argv: list[str]) -> dict[str, Any]:
-    """The predict keys of the checkpoint's task (a task may declare its own ``predict_keys``)."""
-    model = model_arg(argv)
-    if model is None:
-        return KEYS
+def keys(argv: list[str]) -> dict[str, Key]:
+    from mixprec.cli.args import given_value
     from mixprec.vision.task import task_for_model
 
-    return getattr(task_for_model(model), "predict_keys", None) or KEYS
+    task = task_for_model(str(given_value(argv, "model", KEYS["model"].default)))
+    return getattr(task, "predict_keys", None) or KEYS
 
 
 def run(config: dict[str, Any]) -> int:
+    from mixprec.hardware import select_device
     from mixprec.vision.model import Model
-    from mixprec.vision.precision_choice import select_device
 
     if not config["source"]:
-        raise SystemExit("mixprec predict: give source=path/to/image.jpg or a folder")
+        raise ValueError("give source=path/to/image.jpg or a folder")
     model = Model(config["model"])
     model.model.to(select_device(config["device"]))
     if getattr(model.task, "predict_keys", None):  # a task with its own keys runs its own predict

@@ -1,24 +1,21 @@
-"""``mixprec val key=value ...``: COCO mAP of a checkpoint on a data YAML."""
+"""``mixprec val key=value ...``: the validation metric of a checkpoint (detection: COCO mAP)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mixprec.cli.args import model_arg
+from mixprec.keys import Key
 from mixprec.vision.cfg import VAL_KEYS
 
-SUMMARY = "Validate a detector checkpoint: COCO mAP50 and mAP50-95 (pycocotools), P and R"
-KEYS = VAL_KEYS
+SUMMARY = "Validate a checkpoint (detector: COCO mAP50 and mAP50-95 with pycocotools, P and R)"
+KEYS = VAL_KEYS  # detection's; keys() picks the keys of the checkpoint's task
 
 
-def keys_for(argv: list[str]) -> dict[str, Any]:
-    """The val keys of the checkpoint's task (``model=`` names it)."""
-    model = model_arg(argv)
-    if model is None:
-        return KEYS
+def keys(argv: list[str]) -> dict[str, Key]:
+    from mixprec.cli.args import given_value
     from mixprec.vision.task import task_for_model
 
-    return task_for_model(model).val_keys
+    return task_for_model(str(given_value(argv, "model", KEYS["model"].default))).val_keys
 
 
 def run(config: dict[str, Any]) -> int:
@@ -27,7 +24,6 @@ def run(config: dict[str, Any]) -> int:
     config = dict(config)
     model = Model(config.pop("model"))
     # keys left at their default fall back to the checkpoint's training args inside val()
-    keys = model.task.val_keys
-    given = {k: v for k, v in config.items() if v != keys[k].default}
+    given = {k: v for k, v in config.items() if v != model.task.val_keys[k].default}
     model.val(**given)
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from mixprec.keys import check_keys
+from mixprec.precision import Precision
 from mixprec.vision.data import build_dataloader, load_data_config
 from mixprec.vision.loss import DetectionLoss
 from mixprec.vision.models import model_info
@@ -88,7 +89,8 @@ class Model:
         task.check_args(a)
         device = select_device(a["device"])
         choice = a["precision"] if a.get("precision") is not None else a["amp"]
-        prec, _ = choose_precision(choice, device, a["emulate"])
+        policy, _ = choose_precision(choice, device, a["emulate"])
+        prec = Precision(policy, device=device, emulate=a["emulate"])
         data = task.load_data(a)
         if task.num_classes(data) != len(self.names):
             raise ValueError(f"model has {len(self.names)} classes, data {a['data']} has "

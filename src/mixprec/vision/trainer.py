@@ -16,6 +16,7 @@ a process group by itself (``mixprec train`` under torchrun passes it).
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mixprec._seed import seeded
 from mixprec.distributed import launch as dp
 from mixprec.distributed.ranks import is_main_process
 from mixprec.io import load_checkpoint, save_checkpoint
@@ -84,8 +86,9 @@ def _memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB -> GB
 
 
-def _batch_size(args: dict[str, Any], task: Task, model: torch.nn.Module, prec: Precision,
-                loss_fn: Callable, device: torch.device, nc: int) -> int:
+def _batch_size(args: dict[str, Any], task: Task, model: torch.nn.Module,
+                make_precision: Callable[[], Precision], loss_fn: Callable, device: torch.device,
+                nc: int) -> int:
     if args["batch"] != -1:
         if int(args["batch"]) < 1:
             raise ValueError(f"batch={args['batch']}: use a positive batch, or -1 for autobatch")
@@ -95,7 +98,7 @@ def _batch_size(args: dict[str, Any], task: Task, model: torch.nn.Module, prec: 
     # on CPU a probe at a large batch takes minutes: extrapolate from batches 1 and 2
     found = largest_batch(model, lambda b: task.synthetic_batch(args, b, nc),
                           lambda out, t: loss_fn(out, t)[0],
-                          precision=prec.policy, device=device, emulate=prec.emulate,
+                          precision=make_precision, device=device,
                           max_batch=256, measure="linear" if device.type == "cpu" else "auto")
     print(f"autobatch: batch={found.batch} ({found.budget_source})")
     return max(int(found.batch), 1)
@@ -142,10 +145,12 @@ def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: 
         data = task.load_data(args)
     model = task.build_model(args, data, model).to(device)
     loss_fn = task.build_loss(args, model)
-    choice = args["precision"] if args.get("precision") is not None else args["amp"]
-    prec, reason = choose_precision(choice, device, bool(args["emulate"]))
+    key = "precision" if args.get("precision") is not None else "amp"
+    policy, reason = choose_precision(args[key], device, bool(args["emulate"]), key)
+    make_precision = functools.partial(Precision, policy, device=device, emulate=bool(args["emulate"]))
+    prec = make_precision()  # the run's one Precision; autobatch probes get their own
     print(f"precision: {prec.policy}{' (emulated)' if prec.emulate else ''} -- {reason}")
-    batch = _batch_size(args, task, model, prec, loss_fn, device, task.num_classes(data))
+    batch = _batch_size(args, task, model, make_precision, loss_fn, device, task.num_classes(data))
     world = dist.world_size if dist else 1
     if batch % world:
         raise ValueError(f"batch={batch} is the global batch: make it divisible by the {world} processes")
@@ -328,10 +333,7 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     task = get_task(task) if task is not None else task_for_model(str(hint))
     given, resume_ckpt, save_dir = _resume_args(given, task)
     args = check_keys(given, task.train_keys(), "train")
-    device = dist.device if dist else select_device(args["device"])
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(int(args["seed"]))
+    with seeded(int(args["seed"]), dist.device if dist else select_device(args["device"])):
         return _run(build(args, weights, save_dir, task, dist), resume_ckpt, callbacks)
 
 

@@ -51,7 +51,8 @@ class DetectTask(Task):
     def check_args(self, args: dict[str, Any]) -> None:
         imgsz = args.get("imgsz")
         if imgsz is not None and int(imgsz) % 32:
-            raise ValueError(f"imgsz={imgsz} must be a multiple of 32 (the largest stride)")
+            raise ValueError(f"imgsz={imgsz} must be a multiple of 32, the detector's largest stride "
+                             "(e.g. 640)")
 
     def load_data(self, args: dict[str, Any]) -> vdata.DataConfig:
         return vdata.load_data_config(args["data"], args["datasets_dir"])
@@ -141,8 +142,7 @@ class DetectTask(Task):
         ``data``: real letterboxed training images of that dataset YAML (no augmentation)."""
         from mixprec.bench.tasks import BenchTask
 
-        if size % 32:
-            raise ValueError(f"imgsz={size} must be a multiple of 32 for the detector (e.g. 640)")
+        self.check_args({"imgsz": size})
 
         def model_fn() -> nn.Module:
             return DetectionModel(model)

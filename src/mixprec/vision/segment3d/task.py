@@ -307,7 +307,6 @@ class Segment3DTask(Task):
     def predict_command(self, model: nn.Module, config: dict[str, Any]) -> int:
         """``mixprec predict`` for a segment3d checkpoint: NIfTI label maps into the run folder."""
         from mixprec.io import increment_path
-        from mixprec.vision.precision_choice import choose_precision
 
         if not config["source"]:
             raise SystemExit("mixprec predict: give source=case.nii.gz or a folder of volumes")
@@ -315,9 +314,7 @@ class Segment3DTask(Task):
         if config["save"]:
             save_dir = increment_path(config["project"], config["name"], bool(config["exist_ok"]))
             save_dir.mkdir(parents=True, exist_ok=True)
-        device = next(model.parameters()).device
-        prec, _ = choose_precision(False, device)
-        results = self.predict(model, config["source"], save_dir, prec.autocast, config["patch"],
+        results = self.predict(model, config["source"], save_dir, None, config["patch"],  # FP32
                                float(config["overlap"]), bool(config["probabilities"]))
         for r in results:
             found = ", ".join(f"{k} {v}" for k, v in r.voxels().items() if v)
