@@ -9,6 +9,7 @@ class names and the training patch (the default window for val/predict).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,9 @@ class Segment3DTask(Task):
                  final: bool) -> SegResults:
         patch = parse_patch(args["patch"]) if args.get("patch") is not None else model.patch
         hd95 = final and bool(args.get("hd95", True))
+        if hd95 and importlib.util.find_spec("monai") is None:
+            print("segment3d: HD95 needs MONAI (pip install monai); reporting Dice only")
+            hd95 = False
         metrics = SegMetrics(dict(data.names))
         was_training = model.training
         for case in loader:
