@@ -149,3 +149,12 @@ def test_trains_from_a_decathlon_dataset_json_with_ct_normalisation(tiny_organs,
     assert record["norm"] is not None and len(record["norm"]) == 1  # CT: dataset-wide statistics
     lo, hi, mean, std = record["norm"][0]
     assert -200 < lo < mean < hi < 300 and std > 0  # soft tissue / organ HU, not air
+
+
+def test_scientific_notation_on_the_command_line_is_a_float():
+    """``weight_decay=3e-5`` (and the relaunch under torchrun, which writes floats as repr: 3e-05)
+    must reach the trainer as a float: YAML 1.1 alone reads both as strings."""
+    from mixprec.keys import parse_value
+
+    assert parse_value("3e-5") == 3e-5 and parse_value(repr(3e-5)) == 3e-5 and parse_value("1E4") == 1e4
+    assert parse_value("cpu") == "cpu" and parse_value("e5") == "e5" and parse_value("64") == 64

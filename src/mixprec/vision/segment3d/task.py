@@ -227,8 +227,10 @@ class Segment3DTask(Task):
         return model
 
     def loaders(self, args: dict[str, Any], data: Any, batch: int, world: int) -> tuple[Any, Any]:
+        # an epoch is `iterations` global batches: iterations * batch patches, which the loop's
+        # DistributedSampler splits into `iterations` batches of batch // world per rank
         train = patch_loader(data.cases("train"), parse_patch(args["patch"]), batch // world,
-                             int(args["iterations"]), int(args["seed"]), int(args["workers"]),
+                             int(args["iterations"]) * world, int(args["seed"]), int(args["workers"]),
                              bool(args["augment"]))
         return train, data.cases("val")
 
