@@ -8,6 +8,7 @@ only: nothing here reads argv or the environment.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +39,16 @@ def parse_value(text: str, kind: str = "auto") -> Any:
         return [parse_value(part) for part in text.split(",") if part.strip()]
     if kind == "str":
         return text
+    if _SCIENTIFIC.match(text.strip()):  # 3e-5, 1E4: YAML 1.1 reads these as strings
+        return float(text)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
     return text if isinstance(value, (dict, list)) and kind != "auto" else value
+
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def unknown_key(name: str, keys: dict[str, Key], what: str) -> ValueError:

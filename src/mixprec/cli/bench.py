@@ -20,6 +20,7 @@ KEYS: dict[str, Key] = {
     "model": Key("det-n.yaml", "detector YAML, 'convnet', or package.module:function"),
     "data": Key(None, "dataset YAML for real batches (default: synthetic)"),
     "imgsz": Key(640, "image size in pixels"),
+    "patch": Key(None, "cubic patch side of a 3D segmentation model (unet3d-*.yaml); replaces imgsz"),
     "batch": Key(16, "batch size of the timed steps"),
     "precision": Key(["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master"],
                      "comma-separated presets ('32' is always the baseline; old spelling: "
@@ -70,9 +71,11 @@ def run(config: dict[str, Any]) -> int:
 
     if config["repeats"] is None and isinstance(config["steps"], int):
         config = {**config, "repeats": max(1, min(5, config["steps"]))}
-    for key in ("imgsz", "batch", "steps", "warmup", "repeats", "max_batch", "seed"):
+    size_key = "patch" if config["patch"] is not None else "imgsz"  # a 3D task's name for the size
+    for key in (size_key, "batch", "steps", "warmup", "repeats", "max_batch", "seed"):
         if not isinstance(config[key], int) or isinstance(config[key], bool):
             raise ValueError(f"{key}={config[key]!r} must be an integer")
+    config = {**config, "imgsz": config[size_key]}
     spec = str(config["model"]).strip()
     if spec.endswith((".yaml", ".yml")):  # a vision task's model: the task defines the workload
         from mixprec.vision.workloads import bench_workload

@@ -79,11 +79,12 @@ class Model:
         default to those the checkpoint was trained with."""
         a = check_keys({"model": self.source, **kwargs}, self.task.val_keys, "val")
         trained = self.ckpt["args"] if self.ckpt is not None else {}
-        for key in ("data", "imgsz", "datasets_dir"):  # default: as the model was trained
+        size = self.task.size_key
+        for key in ("data", size, "datasets_dir"):  # default: as the model was trained
             if kwargs.get(key) is None and key in trained:
                 a[key] = trained[key]
-        if a["data"] is None or a["imgsz"] is None:
-            raise ValueError("give data=... and imgsz=... (this model has no training record)")
+        if a["data"] is None or a[size] is None:
+            raise ValueError(f"give data=... and {size}=... (this model has no training record)")
         task = self.task
         task.check_args(a)
         device = select_device(a["device"])
@@ -96,18 +97,19 @@ class Model:
                              f"{task.num_classes(data)}")
         loader = task.val_loader(a, data, a["split"])
         save_dir = None
-        if a["save_json"] or a["plots"]:
+        if a.get("save_json") or a["plots"]:
             save_dir = increment_path(a["project"], a["name"], a["exist_ok"])
             save_dir.mkdir(parents=True, exist_ok=True)
         self.model.to(device)
         return task.validate(self.model, loader, data, prec.autocast, None, a, save_dir, final=True)
 
     def predict(self, source: Any, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                max_det: int = 300, save: bool = False, project: str = "runs/detect",
+                max_det: int = 300, save: bool = False, project: str | None = None,
                 name: str = "predict", exist_ok: bool = False) -> list[Detections]:
         """Detections for an image path, a folder, an array or a list of them; ``save=True``
-        writes annotated images to ``project/name``."""
-        save_dir = increment_path(project, name, exist_ok) if save else None
+        writes annotated images to ``project/name`` (default project: ``runs/<task>``). A
+        segment3d model returns label maps and, with ``save=True``, writes NIfTI files."""
+        save_dir = increment_path(project or f"runs/{self.task.name}", name, exist_ok) if save else None
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
         return self.task.predict(self.model, source, imgsz=imgsz, conf=conf, iou=iou,

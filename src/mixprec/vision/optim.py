@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -78,20 +79,25 @@ class Schedule:
     """Per-step LR and momentum: during the first ``warmup`` steps the bias group's LR falls
     from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and momentum rises
     from ``warmup_momentum``; then ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to
-    ``lrf`` over ``total`` steps. ``step()`` advances one taken optimizer step."""
+    ``lrf`` over ``total`` steps, or ``f = decay`` when given (a task's own decay, e.g. poly).
+    ``step()`` advances one taken optimizer step."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, lrf: float, total: int,
                  warmup: int, cos: bool = False, warmup_bias_lr: float = 0.1,
-                 warmup_momentum: float = 0.8, momentum: float = 0.937):
+                 warmup_momentum: float = 0.8, momentum: float = 0.937,
+                 decay: Callable[[float], float] | None = None):
         self.optimizer, self.lr0, self.lrf = optimizer, lr0, lrf
         self.total, self.warmup, self.cos = max(total, 1), warmup, cos
         self.warmup_bias_lr, self.warmup_momentum, self.momentum = (
             warmup_bias_lr, warmup_momentum, momentum)
+        self.decay = decay
         self.count = 0
         self.apply()
 
     def factor(self, t: int) -> float:
         x = min(t / self.total, 1.0)
+        if self.decay is not None:
+            return self.decay(x)
         if self.cos:
             return ((1 - math.cos(x * math.pi)) / 2) * (self.lrf - 1) + 1
         return (1 - x) * (1.0 - self.lrf) + self.lrf

@@ -89,6 +89,7 @@ class Task:
     val_keys: ClassVar[dict[str, Key]] = {}  # keys of ``Model.val`` / ``mixprec val``
     loss_names: ClassVar[tuple[str, ...]] = ("loss",)
     fitness_name: ClassVar[str] = "fitness"  # printed by early stopping
+    size_key: ClassVar[str] = "imgsz"        # the input-size key ``Model.val`` takes from training
 
     # ---- keys and checks ------------------------------------------------------------------
     def train_keys(self) -> dict[str, Key]:
@@ -149,6 +150,11 @@ class Task:
     def num_classes(self, data: Any) -> int:
         return int(data.nc)
 
+    def lr_decay(self, args: dict[str, Any]) -> Callable[[float], float] | None:
+        """The LR factor after warmup as a function of progress in [0, 1] (e.g. nnU-Net's poly);
+        None: the loop's linear/cosine decay to ``lrf``."""
+        return None
+
     # ---- loss and metrics -----------------------------------------------------------------
     def build_loss(self, args: dict[str, Any], model: nn.Module) -> Callable[[Any, Any], Any]:
         raise NotImplementedError
@@ -180,6 +186,7 @@ class Task:
 #: ``name -> "module:Class"``, imported on first use. A new task is one line here.
 TASKS: dict[str, str] = {
     "detect": "mixprec.vision.detect:DetectTask",
+    "segment3d": "mixprec.vision.segment3d:Segment3DTask",
 }
 DEFAULT_TASK = "detect"
 _LOADED: dict[str, Task] = {}

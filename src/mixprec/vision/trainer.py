@@ -129,7 +129,7 @@ def _optimization(args: dict[str, Any], task: Task, data: Any, model: torch.nn.M
     warmup = round(min(args["warmup_epochs"], max(epochs - 1, 0)) * steps_per_epoch)
     schedule = Schedule(optimizer, lr0, args["lrf"], steps_per_epoch * epochs, warmup,
                         bool(args["cos_lr"]), args["warmup_bias_lr"], args["warmup_momentum"],
-                        momentum)
+                        momentum, decay=task.lr_decay(args))
     info = f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}"
     return optimizer, schedule, accumulate, opt_name, lr0, info
 
@@ -332,7 +332,9 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     The global RNG is seeded with ``seed`` inside ``torch.random.fork_rng``: the caller's RNG
     state is unchanged afterwards. Returns the run folder, checkpoint paths and final metrics."""
     given = {**(args or {}), **kwargs}
-    task = get_task(task) if task is not None else task_for_model(str(given.get("model", "")))
+    resume = given.get("resume")  # resume=path/last.pt without model=: the checkpoint names the task
+    hint = given.get("model") or (resume if isinstance(resume, (str, Path)) else "")
+    task = get_task(task) if task is not None else task_for_model(str(hint))
     given, resume_ckpt, save_dir = _resume_args(given, task)
     args = check_keys(given, task.train_keys(), "train")
     check_train_values(args)
