@@ -137,6 +137,7 @@ class Precision:
         self.skipped_steps = 0
         self.last_grad_norm: torch.Tensor | None = None  # unscaled norm of the last clipped step
         self._backward_pending = False
+        self._unscaled_inf: torch.Tensor | None = None  # set by unscale_(), consumed by step()
         self._hooks: list[Any] = []
         self._model: nn.Module | None = None
         self._sharded = False  # set by setup() for an FSDP2 (fully_shard) model
@@ -359,13 +360,14 @@ class Precision:
                                    "loss was not scaled: replace loss.backward() with "
                                    "prec.backward(loss)")
         device = grads[0].device if grads else (self.device or torch.device("cpu"))
-        found_inf = torch.zeros(1, dtype=torch.float32, device=device)
-        fused_clip = (max_norm is not None and bool(grads) and not self._sharded
+        unscaled, self._unscaled_inf = self._unscaled_inf, None
+        found_inf = unscaled if unscaled is not None else torch.zeros(1, dtype=torch.float32, device=device)
+        fused_clip = (unscaled is None and max_norm is not None and bool(grads) and not self._sharded
                       and all(g.device == device for g in grads))
         if fused_clip:
             self.last_grad_norm = _unscale_clip_and_check(grads, self.scaler.inv_scale(device),
                                                           max_norm, found_inf)
-        elif grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
+        elif unscaled is None and grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
             _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
         found_inf = self._all_reduce(found_inf)
         if max_norm is not None and grads and not fused_clip:
@@ -381,6 +383,26 @@ class Precision:
         self.skipped_steps += int(skipped)
         self._backward_pending = False
         return not skipped
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale the gradients in place now and record whether any is inf/NaN, as
+        ``torch.amp.GradScaler.unscale_`` does: for clipping or inspecting true gradients before
+        ``step``, which then neither unscales again nor fuses clipping. Once per step. No host
+        synchronisation."""
+        if self._unscaled_inf is not None:
+            raise RuntimeError("unscale_() was already called since the last step(): the gradients "
+                               "are unscaled; call step(optimizer) next")
+        if self._wants_master_wrapper and not isinstance(optimizer, MasterWeights):
+            raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
+                             "returned by prec.setup(model, optimizer) to unscale_()")
+        if isinstance(optimizer, MasterWeights):
+            optimizer.collect_grads()
+        _, grads = self._grads(optimizer)
+        device = grads[0].device if grads else (self.device or torch.device("cpu"))
+        found_inf = torch.zeros(1, dtype=torch.float32, device=device)
+        if grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
+            _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
+        self._unscaled_inf = found_inf
 
     def _all_reduce(self, found_inf: torch.Tensor) -> torch.Tensor:
         dist = torch.distributed
