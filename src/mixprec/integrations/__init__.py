@@ -4,5 +4,5 @@ Each module imports its framework when it is imported (never at ``import mixprec
 which extra to install when the framework is missing:
 
 - ``mixprec.integrations.lightning``: ``MixprecPrecision``, a Lightning Fabric precision plugin.
-- ``mixprec.integrations.accelerate``: the Hugging Face Accelerate recipe's one helper.
+- Hugging Face Accelerate needs no module: the recipe in docs/integrations.md is eight lines.
 """
