@@ -42,6 +42,7 @@ TRAIN_KEYS: dict[str, Key] = {
     "exist_ok": Key(False, "reuse the run folder if it exists"),
     "save_json": Key(False, "write predictions.json (COCO results) and ground_truth.json"),
     "plots": Key(True, "write results.png and annotated val images"),
+    "tensorboard": Key(False, "TensorBoard event files in the run folder (scale, skips, losses, metrics)"),
     "box": Key(7.5, "box (CIoU) loss gain"),
     "cls": Key(0.5, "classification (BCE) loss gain"),
     "dfl": Key(1.5, "distribution focal loss gain"),

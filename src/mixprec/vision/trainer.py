@@ -65,6 +65,7 @@ class TrainState:
     scale_history: list[dict[str, Any]] = field(default_factory=list)
     forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
     numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
+    last_losses: dict[str, float] | None = None  # the last batch's losses by name, for callbacks
 
 
 @dataclass
@@ -217,6 +218,7 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
             pending = 0
             scales.append(prec.scaler.scale)
         items = items.cpu()  # loss = items.sum() * batch: its finiteness costs no extra sync
+        st.last_losses = dict(zip(("box_loss", "cls_loss", "dfl_loss"), items.tolist(), strict=True))
         mean = (mean * i + items) / (i + 1)
         if rec is not None and not bool(torch.isfinite(items).all()):
             rec.on_nonfinite_loss(loss, images, maps, batch["targets"], st.loss_fn,
@@ -296,6 +298,10 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     if resume_ckpt is not None:
         _restore(st, resume_ckpt)
     a, main = st.args, is_main_process()
+    if a["tensorboard"] and main:
+        from mixprec.vision.tensorboard import with_tensorboard
+
+        callbacks = with_tensorboard(st.save_dir, callbacks)
     if main:
         write_yaml(st.save_dir / "args.yaml", a)
     epochs = int(a["epochs"])
