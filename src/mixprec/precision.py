@@ -80,6 +80,25 @@ def _unscale_clip_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor, 
     return total
 
 
+def _emulated_backward(loss: torch.Tensor, policy: Policy, gradient: torch.Tensor | None = None,
+                       retain_graph: bool | None = None, create_graph: bool = False,
+                       inputs: Any = None) -> None:
+    """``loss.backward()`` inside the emulator's ``recomputation`` region, so forward code that
+    activation checkpointing re-runs during backward is emulated as the forward was.
+    ``Tensor.backward`` would dispatch through the emulator's torch-function mode and run with
+    the mode popped; torch's engine entry point (what ``torch.autograd.backward`` calls once
+    dispatch is done) keeps it on the stack."""
+    from torch.autograd.graph import _engine_run_backward
+
+    from mixprec.emulate.mode import recomputation
+
+    grad = torch.ones_like(loss) if gradient is None else gradient
+    inputs = () if inputs is None else ((inputs,) if torch.is_tensor(inputs) else tuple(inputs))
+    with recomputation(policy):
+        _engine_run_backward((loss,), (grad,), create_graph if retain_graph is None else retain_graph,
+                             create_graph, inputs, allow_unreachable=True, accumulate_grad=True)
+
+
 def _is_ddp(model: nn.Module) -> bool:
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
@@ -318,7 +337,11 @@ class Precision:
             raise ValueError(f"backward expects a scalar loss tensor, got "
                              f"{type(loss).__name__}{tuple(getattr(loss, 'shape', ()))}: reduce it "
                              "first (e.g. loss.mean())")
-        self.scaler.scale_loss(loss.float()).backward(**kwargs)
+        scaled = self.scaler.scale_loss(loss.float())
+        if self.emulate and self.policy.compute_dtype != torch.float32:
+            _emulated_backward(scaled, self.policy, **kwargs)
+        else:
+            scaled.backward(**kwargs)
         self._backward_pending = True
 
     def _grads(self, optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
