@@ -46,7 +46,10 @@ def _grads(preset: str, emulate: bool, use_checkpoint: bool, device: str = "cpu"
 CASES = [(p, False) for p in mp.PRESETS if p != "fp8-mixed"] + [(p, True) for p in mp.PRESETS if p != "32"]
 
 
-@pytest.mark.parametrize(("preset", "emulate"), CASES, ids=[f"{p}{'-emulated' if e else ''}" for p, e in CASES])
+IDS = [f"{p}{'-emulated' if e else ''}" for p, e in CASES]
+
+
+@pytest.mark.parametrize(("preset", "emulate"), CASES, ids=IDS)
 def test_checkpointed_gradients_equal_plain_gradients(preset, emulate):
     loss_ref, ref = _grads(preset, emulate, use_checkpoint=False)
     loss, got = _grads(preset, emulate, use_checkpoint=True)
