@@ -41,10 +41,12 @@ from mixprec.policy import Policy
 from mixprec.precision import Precision as MixedPrecisionRecipe
 from mixprec.precision import _cast_floats
 
-__all__ = ["MixprecPrecision"]
+__all__ = ["MixprecPrecision", "MixprecTrainerPrecision"]
 
 _FabricPrecision = require("lightning.fabric.plugins.precision", "lightning",
                            "mixprec.integrations.lightning").Precision
+_TrainerPrecision = require("lightning.pytorch.plugins.precision", "lightning",
+                            "mixprec.integrations.lightning").Precision
 
 
 class MixprecPrecision(_FabricPrecision):
@@ -128,6 +130,8 @@ class MixprecPrecision(_FabricPrecision):
         if self._master_values is None:
             return optimizer
         if self._master is not None:
+            if optimizer is self._master:
+                return optimizer
             if self._master.optimizer is not optimizer:
                 raise ValueError("MixprecPrecision steps one optimizer (one Precision per model): "
                                  "give each model/optimizer pair its own Fabric plugin")
@@ -167,3 +171,44 @@ class MixprecPrecision(_FabricPrecision):
             self._master.load_state_dict(master)
         else:
             self._pending_master_state = master
+
+
+class MixprecTrainerPrecision(MixprecPrecision, _TrainerPrecision):
+    """The same plugin for Lightning's ``Trainer``: ``Trainer(plugins=[MixprecTrainerPrecision(
+    "bf16-master")])``. The Trainer hands the optimizer over in ``connect``, so ``*-master``
+    presets wrap it in ``MasterWeights`` before the first step (FP32 accumulation from the first
+    micro-batch). Gradient clipping (``gradient_clip_val``) sees unscaled gradients; a step with
+    inf/NaN gradients is skipped. The Trainer saves and restores the plugin's state in its
+    checkpoints itself (``ckpt_path=`` resumes exactly). One optimizer; the loss goes through
+    ``mixprec.Precision.backward`` (a ``LightningModule.backward`` override is not called)."""
+
+    def connect(self, model: nn.Module, optimizers: list[Any], lr_schedulers: list[Any]
+                ) -> tuple[nn.Module, list[Any], list[Any]]:
+        if self._master_values is None or not optimizers:
+            return model, optimizers, lr_schedulers
+        if len(optimizers) != 1:
+            raise ValueError(f"MixprecTrainerPrecision steps one optimizer, configure_optimizers "
+                             f"returned {len(optimizers)}")
+        return model, [self._optimizer_for(optimizers[0])], lr_schedulers
+
+    def convert_input(self, data: Any) -> Any:
+        """The whole batch (targets too) passes through here: leave it as it is; the module's
+        forward pre-hook casts the model's inputs."""
+        return data
+
+    def backward(self, tensor: torch.Tensor, model: Any, optimizer: Any, *args: Any,  # type: ignore[override]
+                 **kwargs: Any) -> None:
+        MixprecPrecision.backward(self, tensor, model, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: Any, model: Any, closure: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Run the closure (forward + backward), unscale, let the Trainer clip, then step or skip."""
+        if kwargs:
+            raise ValueError(f"MixprecTrainerPrecision does not pass {sorted(kwargs)} to the optimizer")
+        closure_result = closure()
+        skip = closure_result is None and model.automatic_optimization  # training_step returned None
+        if not skip:
+            self.precision.unscale_(self._optimizer_for(optimizer))
+        self._after_closure(model, optimizer)  # on_before_optimizer_step hooks, gradient clipping
+        if not skip:
+            self.precision.step(self._optimizer_for(optimizer))
+        return closure_result
