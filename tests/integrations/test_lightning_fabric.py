@@ -124,3 +124,31 @@ def test_second_optimizer_is_refused_with_the_fix():
     _fabric_steps(fabric, model, opt, _batches(1))
     with pytest.raises(ValueError, match="one optimizer"):
         plugin.optimizer_step(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.cuda
+def test_fabric_on_cuda_builds_the_masters_on_the_module_device():
+    """Fabric casts the module on the CPU and moves it afterwards: masters must follow it."""
+    batches = [(x.cuda(), y.cuda()) for x, y in _batches(3)]
+    plugin = MixprecPrecision("16-master")
+    fabric = Fabric(accelerator="cuda", devices=1, plugins=[plugin])
+    model = _model()
+    model, opt = fabric.setup(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
+    losses = _fabric_steps(fabric, model, opt, batches, max_norm=0.5)
+    assert model.module[0].weight.dtype == torch.float16 and model.module[0].weight.is_cuda
+    assert all(m.is_cuda and m.dtype == torch.float32 for m in plugin._master.masters)
+
+    prec = mp.Precision("16-master", device="cuda")
+    ref = _model().cuda()
+    ref, ref_opt = prec.setup(ref, torch.optim.AdamW(ref.parameters(), lr=1e-2))
+    ref_losses = []
+    for x, y in batches:
+        with prec.autocast():
+            loss = nn.functional.mse_loss(ref(x), y)
+        ref_losses.append(loss.item())
+        prec.backward(loss)
+        prec.unscale_(ref_opt)
+        torch.nn.utils.clip_grad_norm_([q for g in ref_opt.param_groups for q in g["params"]], 0.5)
+        prec.step(ref_opt)
+        ref_opt.zero_grad()
+    assert losses == ref_losses
