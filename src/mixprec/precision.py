@@ -365,8 +365,9 @@ class Precision:
         Returns True when the optimizer stepped. A skipped step leaves parameters, optimizer
         state and the scheduler untouched. With ``max_norm``, unscaling and clipping share one
         pass over the gradients, and ``self.last_grad_norm`` holds the unscaled total norm (a
-        0-d FP32 tensor on the device; reading it synchronises). One host synchronisation (the
-        found-inf read).
+        0-d FP32 tensor on the device; reading it synchronises). After ``unscale_`` the gradients
+        are not unscaled again (nor is clipping fused). One host synchronisation (the found-inf
+        read).
         """
         if self._wants_master_wrapper and not isinstance(optimizer, MasterWeights):
             raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "

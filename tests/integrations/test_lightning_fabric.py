@@ -76,6 +76,28 @@ def test_fabric_loop_equals_the_mixprec_loop_and_steps_fp32_masters(precision):
     assert plugin.precision.steps == 4 and plugin.precision.last_grad_norm is None  # clipped unfused
 
 
+@pytest.mark.parametrize("precision", ["16-master", "bf16-mixed"])
+def test_emulated_presets_run_through_fabric_as_through_mixprec(precision):
+    batches = _batches(3)
+    fabric, _ = _fabric(precision, emulate=True)
+    model = _model()
+    model, opt = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    losses = _fabric_steps(fabric, model, opt, batches)
+    prec = mp.Precision(precision, device="cpu", emulate=True)
+    ref = _model()
+    ref, ref_opt = prec.setup(ref, torch.optim.SGD(ref.parameters(), lr=0.1))
+    ref_losses = []
+    for x, y in batches:
+        with prec.autocast():
+            loss = nn.functional.mse_loss(ref(x), y)
+        ref_losses.append(loss.item())
+        prec.backward(loss)
+        prec.step(ref_opt)
+        ref_opt.zero_grad()
+    assert losses == ref_losses
+    assert all(torch.equal(a, b) for a, b in zip(model.module.parameters(), ref.parameters()))
+
+
 def test_planted_inf_skips_the_step_and_halves_the_scale():
     fabric, plugin = _fabric("16-master", scaler=mp.DynamicScaler(init_scale=2.0**12))
     model = _model()
