@@ -46,6 +46,7 @@ args = check_keys(dict(model="det-n.yaml", data=cfg["data"], epochs=cfg["epochs"
                        project=cfg["out"], name="mixprec", verbose=False, plots=False,
                        close_mosaic=cfg["close_mosaic"], nbs=cfg["nbs"],
                        warmup_epochs=cfg["warmup_epochs"]), TRAIN_KEYS, "train")
+torch.manual_seed(args["seed"])  # build() leaves seeding to its caller (train() forks the RNG)
 st = build(args)
 seen, t_train, cpu_train = 0, 0.0, 0.0
 for epoch in range(cfg["epochs"]):

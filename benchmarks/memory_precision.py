@@ -29,9 +29,9 @@ from mixprec.bench.autobatch import largest_batch, search_largest
 from mixprec.bench.memory import SavedTensorMeter, format_bytes, state_bytes
 from mixprec.bench.runner import parse_bytes
 from mixprec.bench.step import TrainState, forward_loss, iter_tensors, train_step
-from mixprec.bench.tasks import detection_task
 from mixprec.hardware import describe_device
 from mixprec.precision import Precision
+from mixprec.vision.detect import DetectTask
 
 PRECISIONS = ["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master"]
 
@@ -80,8 +80,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     precisions = args.precisions.split(",")
-    task = detection_task(args.model, args.imgsz)
-    small = detection_task(args.model, 64)
+    task = DetectTask().workload(args.model, args.imgsz)
+    small = DetectTask().workload(args.model, 64)
     budget = int(parse_bytes(args.budget))
     env = describe_device("cpu")
     print(f"# {args.model} at {args.imgsz} px, batch {args.batch}; torch {env['torch']}, "
@@ -90,7 +90,7 @@ def main() -> None:
     t0 = time.time()
     for p in precisions:
         st = static_bytes(small, p)
-        st2 = static_bytes(detection_task(args.model, 96), p)
+        st2 = static_bytes(DetectTask().workload(args.model, 96), p)
         assert st == st2, f"state bytes depend on the image size? {st} vs {st2}"
         a1, c1, d1 = saved_bytes(task, p, 1)
         a2, c2, d2 = saved_bytes(task, p, 2)
@@ -121,7 +121,7 @@ def main() -> None:
               f"{r['act'] / base['act']:>7.3f} {format_bytes(r['total']):>11} "
               f"{r['total'] / base['total']:>7.3f} {r['batch_budget']:>9} "
               f"{r['batch_budget'] / base['batch_budget']:>5.2f}")
-    search_task = detection_task(args.model, args.search_imgsz)
+    search_task = DetectTask().workload(args.model, args.search_imgsz)
     sbudget = int(parse_bytes(args.search_budget))
     print(f"# direct largest_batch search (accounted, real forward probes) at "
           f"{args.search_imgsz} px, budget {format_bytes(sbudget)}")

@@ -15,7 +15,7 @@ import torch
 
 from mixprec.policy import PRESETS, Policy
 
-__all__ = ["auto_policy", "cpu_flags", "describe_device"]
+__all__ = ["auto_policy", "cpu_flags", "describe_device", "select_device"]
 
 # CPU flags that matter for low precision (as Linux names them in /proc/cpuinfo).
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16",
@@ -37,6 +37,18 @@ def cpu_flags() -> tuple[str, ...]:
         if line.startswith(("flags", "Features")):
             present.update(line.split(":", 1)[1].split())
     return tuple(flag for flag in _CPU_FLAGS if flag in present)
+
+
+def select_device(device: str | int | torch.device | None) -> torch.device:
+    """The one default-device rule: ``None``/``""``: cuda:0 when available, else cpu; ``0`` ->
+    cuda:0; ``"cpu"``, ``"cuda:1"``... as given. Creates no CUDA context."""
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int) or str(device).isdigit():
+        return torch.device(f"cuda:{int(device)}")
+    return torch.device(str(device))
 
 
 def _as_device(device: str | torch.device | None) -> torch.device:

@@ -9,7 +9,8 @@
     optimizer.zero_grad(set_to_none=True)
 
 ``step`` synchronises with the host once (reading the found-inf flag to decide whether to
-step); everything else stays on the device.
+step); everything else stays on the device. How parameters are stored and cast (real half,
+emulated half, FSDP2-sharded) is one ``mixprec.storage`` mode, chosen once.
 """
 
 from __future__ import annotations
@@ -22,31 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixprec.formats import get_format, round_to
 from mixprec.master import MasterWeights
 from mixprec.policy import Policy, dtype_name
 from mixprec.scaler import LossScaler, NoScaler, make_scaler
+from mixprec.storage import NORM_LAYERS, EmulatedHalf, RealHalf, Sharded, StorageMode, is_fsdp2
 
 __all__ = ["NORM_LAYERS", "Precision"]
-
-NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
-
-
-def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
-    """Cast floating tensors inside (nested tuples/lists/dicts of) ``obj`` to ``dtype``."""
-    if torch.is_tensor(obj):
-        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_cast_floats(o, dtype) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cast_floats(o, dtype) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
-    return obj
-
 
 def _unscale_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor,
                        found_inf: torch.Tensor) -> None:
@@ -103,14 +85,7 @@ def _is_ddp(model: nn.Module) -> bool:
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
-def _is_fsdp2(model: nn.Module) -> bool:
-    """True for a module sharded with FSDP2's ``fully_shard`` (checked without importing FSDP
-    unless torch.distributed is available)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in model.modules())
+_is_fsdp2 = is_fsdp2  # the name mixprec.distributed.checkpoint imports
 
 
 class Precision:
@@ -122,8 +97,10 @@ class Precision:
     ``setup``; for ``"auto"``, CUDA when available). ``emulate``: reproduce the policy's numerics
     in FP32 arithmetic (``mixprec.emulate``) instead of running real low-precision dtypes.
     ``stochastic_rounding``: master write-back (or, for ``*-true``, each step) rounds stochastically.
-    ``skip_nonfinite``: skip steps whose gradients hold inf/NaN even without a loss scaler.
-    Under ``torch.distributed`` the inf/NaN verdict is all-reduced so all ranks skip together.
+    Steps whose gradients hold inf/NaN are skipped, with or without a loss scaler. Under
+    ``torch.distributed`` the inf/NaN verdict is all-reduced over ``process_group`` (default:
+    the world; ``mixprec.distributed.ddp(..., process_group=g)`` sets it) so its ranks skip
+    together.
     """
 
     def __init__(
@@ -134,8 +111,6 @@ class Precision:
         device: str | torch.device | None = None,
         emulate: bool = False,
         stochastic_rounding: bool = False,
-        skip_nonfinite: bool = True,
-        process_group: Any = None,
     ) -> None:
         self.reason = ""
         if isinstance(policy, str) and policy.strip().lower() == "auto":
@@ -147,8 +122,9 @@ class Precision:
         self.device = torch.device(device) if device is not None else None
         self.emulate = bool(emulate)
         self.stochastic_rounding = stochastic_rounding
-        self.skip_nonfinite = skip_nonfinite
-        self.process_group = process_group
+        self.process_group: Any = None  # the group found-inf is all-reduced over (None: world)
+        self.mode: StorageMode = (EmulatedHalf if self.emulate else RealHalf)(
+            self.policy, stochastic_rounding)
         if scaler is None:
             scaler = self.policy.default_scaler
         self.scaler: LossScaler = make_scaler(scaler) if isinstance(scaler, str) else scaler
@@ -159,9 +135,8 @@ class Precision:
         self._unscaled_inf: torch.Tensor | None = None  # set by unscale_(), consumed by step()
         self._hooks: list[Any] = []
         self._model: nn.Module | None = None
-        self._sharded = False  # set by setup() for an FSDP2 (fully_shard) model
         if self.device is not None:
-            self._check_device(self.device)
+            self.mode.check_device(self.device)
         if self.policy.param_dtype != torch.float32 and self.policy.master_dtype is None:
             warnings.warn(
                 f"{self.policy} is pure half precision with no FP32 master copy: updates smaller "
@@ -169,22 +144,10 @@ class Precision:
                 f"use '{'bf16' if self.policy.param_dtype == torch.bfloat16 else '16'}-master' "
                 "to keep FP32 master weights", UserWarning, stacklevel=2)
 
-    # -- validation ----------------------------------------------------------------------
-    def _check_device(self, device: torch.device) -> None:
-        p = self.policy
-        if p.is_fp8 and not self.emulate:
-            raise ValueError(f"{p} computes in FP8, which mixprec runs only under emulation: "
-                             f"Precision('{p}', emulate=True); on real hardware use 'bf16-mixed'")
-        if self.emulate or p.compute_dtype == torch.float32:
-            return
-        if device.type == "cuda" and p.compute_dtype == torch.bfloat16 and \
-                not torch.cuda.is_bf16_supported():
-            nearest = str(p).replace("bf16", "16")
-            raise ValueError(f"{p} needs BF16, which {torch.cuda.get_device_name(device)} does not "
-                             f"support; the nearest preset that runs is '{nearest}'")
-        available = getattr(torch.amp, "is_autocast_available", lambda _t: True)
-        if p.uses_autocast and not available(device.type):
-            raise ValueError(f"torch has no autocast for device type {device.type!r}; use '32'")
+    @property
+    def model(self) -> nn.Module | None:
+        """The model ``setup`` prepared (None before ``setup``)."""
+        return self._model
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Any:
@@ -211,124 +174,33 @@ class Precision:
         if self.device is None:
             first = next(iter(model.parameters()), None)
             self.device = first.device if first is not None else torch.device("cpu")
-            self._check_device(self.device)
+            self.mode.check_device(self.device)
         if isinstance(optimizer, MasterWeights):
             raise ValueError("pass the plain optimizer to setup(); it wraps it in MasterWeights "
                              "itself where the policy needs a master copy")
         p = self.policy
-        self._sharded = _is_fsdp2(model)
-        if self._sharded:
-            self._check_sharded(model)
+        if is_fsdp2(model):
+            if self.emulate:
+                raise ValueError("emulate=True is not supported on an FSDP2 (fully_shard) model: "
+                                 "emulate on one process or under DistributedDataParallel")
+            self.mode = Sharded(p, self.stochastic_rounding, model)
         elif p.casts_params and _is_ddp(model):
             raise ValueError(f"{p} casts the parameters, which would break the buckets of the "
                              "DistributedDataParallel wrapping this model: call "
                              "prec.setup(model, optimizer) first, then wrap the returned model with "
                              "mixprec.distributed.ddp(model, optimizer, prec)")
-        master_values: dict[torch.Tensor, torch.Tensor] = {}
-        cast_params: list[torch.Tensor] = []
-        if p.casts_params and not self._sharded:
-            cast_params = [param for m in model.modules() if not isinstance(m, NORM_LAYERS)
-                           for param in m.parameters(recurse=False) if param.is_floating_point()]
-            if p.master_dtype is not None:
-                master_values = {q: q.detach().to(p.master_dtype, copy=True) for q in cast_params}
-            self._store_half(model, cast_params)
-            self._add_input_cast_hooks(model)
-        if p != Policy() and not p.is_fp8:
-            self._hooks.append(model.register_forward_hook(
-                lambda _m, _i, out: _cast_floats(out, p.output_dtype)))
+        cast, masters, hooks = self.mode.prepare(model)
+        self._hooks += hooks
         self._model = model
-        if optimizer is None or self._sharded:
-            return model if optimizer is None else (model, optimizer)
-        storage = get_format(p.param_dtype) if self.emulate else None
-        if p.master_dtype is not None:
-            optimizer = MasterWeights(optimizer, self.stochastic_rounding,
-                                      master_values=master_values, storage_format=storage)
-        elif p.casts_params and self.stochastic_rounding:
-            # *-true with stochastic rounding: the step is computed in FP32 from the half values
-            # and rounded stochastically; no precision survives between steps.
-            optimizer = MasterWeights(optimizer, True, refresh_from_params=True,
-                                      master_values={q: q for q in cast_params} if self.emulate else None,
-                                      storage_format=storage)
-        return model, optimizer
-
-    def _check_sharded(self, model: nn.Module) -> None:
-        """FSDP2 model: what setup cannot do on sharded parameters is refused with the fix."""
-        p = self.policy
-        if self.emulate:
-            raise ValueError("emulate=True is not supported on an FSDP2 (fully_shard) model: "
-                             "emulate on one process or under DistributedDataParallel")
-        if p.casts_params and p.master_dtype is None:
-            if self.stochastic_rounding:
-                raise ValueError(f"{p} with stochastic_rounding is not supported under FSDP2; use "
-                                 f"'{str(p).replace('-true', '-master')}'")
-            wide = [n for m_name, m in model.named_modules() if not isinstance(m, NORM_LAYERS)
-                    for n, q in m.named_parameters(prefix=m_name, recurse=False)
-                    if q.is_floating_point() and q.dtype != p.param_dtype]
-            if wide:
-                raise ValueError(f"{p} stores parameters in {dtype_name(p.param_dtype)}, but the "
-                                 f"sharded parameter {wide[0]!r} is not: shard the model with "
-                                 f"mixprec.distributed.fully_shard_model(model, '{p}')")
-
-    @property
-    def _wants_master_wrapper(self) -> bool:
-        p = self.policy
-        if self._sharded:
-            return False  # FSDP2's sharded FP32 parameters are the master copy
-        return p.master_dtype is not None or (p.casts_params and self.stochastic_rounding)
-
-    @torch.no_grad()
-    def _store_half(self, model: nn.Module, params: list[torch.Tensor]) -> None:
-        dtype = self.policy.param_dtype
-        for param in params:
-            param.grad = None
-            if self.emulate:
-                from mixprec.emulate import mark_storage
-
-                mark_storage(param, dtype)  # FP32 storage holding half values, tagged as such
-            else:
-                param.data = param.data.to(dtype)
-        if self.emulate:
-            return
-        for m in model.modules():
-            if isinstance(m, NORM_LAYERS):
-                continue
-            for name, buf in m.named_buffers(recurse=False):
-                if buf.is_floating_point():
-                    setattr(m, name, buf.to(dtype))
-
-    def _add_input_cast_hooks(self, model: nn.Module) -> None:
-        if self.emulate:
-            return  # storage stays FP32: the emulator rounds what it computes
-        compute = self.policy.compute_dtype
-        self._hooks.append(model.register_forward_pre_hook(
-            lambda _m, args: _cast_floats(args, compute)))
-        for m in model.modules():
-            # BatchNorm takes half inputs with FP32 weights and statistics natively (FP32 math
-            # inside) and saves the half input for backward; other norms get FP32 inputs.
-            if isinstance(m, NORM_LAYERS) and not isinstance(m, nn.modules.batchnorm._BatchNorm):
-                self._hooks.append(m.register_forward_pre_hook(
-                    lambda _m, args: _cast_floats(args, torch.float32)))
-                self._hooks.append(m.register_forward_hook(
-                    lambda _m, _i, out: _cast_floats(out, compute)))
-
-    def remove_hooks(self) -> None:
-        """Remove the casting hooks ``setup`` registered on the model."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
+        if optimizer is None:
+            return model
+        return model, self.mode.wrap_optimizer(optimizer, cast, masters)
 
     # -- the step protocol ---------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context for the forward pass and loss: autocast to the compute dtype (mixed and
         master policies), the emulator (``emulate=True``), or nothing (FP32, ``*-true``)."""
-        if self.emulate and self.policy.compute_dtype != torch.float32:
-            from mixprec.emulate import emulate
-
-            return emulate(self.policy)
-        if self.policy.uses_autocast:
-            device_type = (self.device or torch.device("cpu")).type
-            return torch.autocast(device_type, dtype=self.policy.compute_dtype)
-        return contextlib.nullcontext()
+        return self.mode.autocast((self.device or torch.device("cpu")).type)
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         """``(loss * scale).backward()``. Call once per micro-batch; with master weights the
@@ -369,7 +241,7 @@ class Precision:
         are not unscaled again (nor is clipping fused). One host synchronisation (the found-inf
         read).
         """
-        if self._wants_master_wrapper and not isinstance(optimizer, MasterWeights):
+        if self.mode.wants_master_wrapper and not isinstance(optimizer, MasterWeights):
             raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
                              "returned by prec.setup(model, optimizer) to step()")
         if isinstance(optimizer, MasterWeights):
@@ -386,12 +258,12 @@ class Precision:
         device = grads[0].device if grads else (self.device or torch.device("cpu"))
         unscaled, self._unscaled_inf = self._unscaled_inf, None
         found_inf = unscaled if unscaled is not None else torch.zeros(1, dtype=torch.float32, device=device)
-        fused_clip = (unscaled is None and max_norm is not None and bool(grads) and not self._sharded
+        fused_clip = (unscaled is None and max_norm is not None and bool(grads) and self.mode.fused_clip
                       and all(g.device == device for g in grads))
         if fused_clip:
             self.last_grad_norm = _unscale_clip_and_check(grads, self.scaler.inv_scale(device),
                                                           max_norm, found_inf)
-        elif unscaled is None and grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
+        elif unscaled is None and grads:
             _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
         found_inf = self._all_reduce(found_inf)
         if max_norm is not None and grads and not fused_clip:
@@ -399,7 +271,7 @@ class Precision:
         skipped = bool(found_inf.item())  # the one host synchronisation per step
         if not skipped:
             optimizer.step()
-            self._after_optimizer_step(optimizer)
+            self.mode.after_step(optimizer, self._model)
             if scheduler is not None:
                 scheduler.step()
         self.scaler.update(found_inf)
@@ -416,7 +288,7 @@ class Precision:
         if self._unscaled_inf is not None:
             raise RuntimeError("unscale_() was already called since the last step(): the gradients "
                                "are unscaled; call step(optimizer) next")
-        if self._wants_master_wrapper and not isinstance(optimizer, MasterWeights):
+        if self.mode.wants_master_wrapper and not isinstance(optimizer, MasterWeights):
             raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
                              "returned by prec.setup(model, optimizer) to unscale_()")
         if isinstance(optimizer, MasterWeights):
@@ -424,7 +296,7 @@ class Precision:
         _, grads = self._grads(optimizer)
         device = grads[0].device if grads else (self.device or torch.device("cpu"))
         found_inf = torch.zeros(1, dtype=torch.float32, device=device)
-        if grads and (self.skip_nonfinite or not isinstance(self.scaler, NoScaler)):
+        if grads:
             _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
         self._unscaled_inf = found_inf
 
@@ -433,20 +305,6 @@ class Precision:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1:
             dist.all_reduce(found_inf, op=dist.ReduceOp.MAX, group=self.process_group)
         return found_inf
-
-    @torch.no_grad()
-    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """``*-true`` under emulation: round the FP32-stored params to the half format."""
-        p = self.policy
-        if not (self.emulate and p.casts_params) or self._wants_master_wrapper:
-            return
-        fmt = get_format(p.param_dtype)
-        norm_params = {id(q) for m in (self._model.modules() if self._model else ())
-                       if isinstance(m, NORM_LAYERS) for q in m.parameters(recurse=False)}
-        for group in optimizer.param_groups:
-            for q in group["params"]:
-                if id(q) not in norm_params:
-                    q.copy_(round_to(q.float(), fmt).to(q.dtype))
 
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -473,12 +331,5 @@ class Precision:
     def no_autocast(self) -> Iterator[None]:
         """Run a region in FP32 inside ``autocast()`` (e.g. a numerically sensitive loss);
         under ``emulate=True`` it switches the emulator off for the region."""
-        if self.emulate:
-            from mixprec.emulate import emulate
-
-            with emulate(None):
-                yield
-            return
-        device_type = (self.device or torch.device("cpu")).type
-        with torch.autocast(device_type, enabled=False):
+        with self.mode.no_autocast((self.device or torch.device("cpu")).type):
             yield

@@ -37,13 +37,13 @@ def test_cli_increments_run_dirs_and_takes_module_function(tmp_path):
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["bench", "model=resnet", f"project={tmp_path}"]) == 2
-    assert "not a detector YAML" in capsys.readouterr().out
+    assert "not a detector YAML" in capsys.readouterr().err  # errors: one line on stderr
     assert main(["bench", "modle=convnet"]) == 2
     assert "did you mean 'model'" in capsys.readouterr().err
     assert main(["bench", *FAST, "steps=1", f"project={tmp_path}"]) == 2
-    assert "repeats <= steps" in capsys.readouterr().out
+    assert "repeats <= steps" in capsys.readouterr().err
     assert main(["bench", "model=det-n.yaml", "imgsz=100", f"project={tmp_path}"]) == 2
-    assert "multiple of 32" in capsys.readouterr().out
+    assert "multiple of 32" in capsys.readouterr().err
 
 
 def test_cli_help_lists_keys(capsys):

@@ -154,6 +154,16 @@ def main(out, init, device="cpu"):
         step_error = str(e)
     torch.save({"setup_error": setup_error, "step_error": step_error},
                out / f"plain-ddp-master.rank{rank}.pt")
+    # ddp(process_group=g) hands g to Precision: each rank in its own group, the inf on rank 1
+    # skips rank 1's step only (found-inf is all-reduced over the group, not the world)
+    groups = [dist.new_group([0]), dist.new_group([1])]  # collective: every rank makes both
+    model = common.make_model().to(DEVICE)
+    prec = mp.Precision("16-mixed", device=DEVICE, scaler=common.make_scaler("16-mixed"))
+    model, opt = prec.setup(model, common.make_optimizer(model))
+    model = mpd.ddp(model, opt, prec, process_group=groups[rank])
+    flags = train(model, prec, opt, 3, inject_at=1, rank=rank)
+    torch.save({"flags": flags, "group_handed": prec.process_group is groups[rank]},
+               out / f"ddp-own-group-inf.rank{rank}.pt")
     # negative control: without the all-reduced verdict the ranks disagree
     model, opt, prec = build("ddp", "16-mixed")
     prec._all_reduce = lambda found_inf: found_inf

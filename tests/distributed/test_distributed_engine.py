@@ -143,3 +143,11 @@ def test_nccl_on_two_gpus(tmp_path):
             r0, r1 = load(f"{kind}-{preset}-inf", 0), load(f"{kind}-{preset}-inf", 1)
             _assert_ranks_identical(r0, r1)
             assert r0["flags"] == [True, False, True]
+
+
+def test_ddp_hands_its_process_group_to_precision(results):
+    """Each rank in its own DDP group: the inf on rank 1 is all-reduced over that group only, so
+    rank 1 skips its step and rank 0 (whose group saw no inf) steps."""
+    r0, r1 = results("ddp-own-group-inf", 0), results("ddp-own-group-inf", 1)
+    assert r0["group_handed"] and r1["group_handed"]
+    assert r0["flags"] == [True, True, True] and r1["flags"] == [True, False, True]

@@ -6,6 +6,8 @@ import pytest
 import torch
 from vision_helpers import TINY_MODEL
 
+from mixprec.hardware import auto_policy
+from mixprec.policy import Policy
 from mixprec.vision import Model
 from mixprec.vision.models import DetectionModel, load_model_yaml
 from mixprec.vision.precision_choice import choose_precision
@@ -53,11 +55,12 @@ def test_unknown_model_yaml_lists_the_builtins():
 
 def test_amp_key_maps_to_precision_policies():
     cpu = torch.device("cpu")
-    prec, reason = choose_precision(False, cpu)
-    assert str(prec.policy) == "32" and "amp=False" in reason
-    prec, reason = choose_precision(True, cpu)
-    assert reason.startswith("amp=True -> auto:") and prec.reason in reason
-    prec, reason = choose_precision("bf16-master", cpu)
-    assert str(prec.policy) == "bf16-master" and "preset requested" in reason
+    policy, reason = choose_precision(False, cpu)  # a Policy: the caller builds one Precision
+    assert isinstance(policy, Policy) and str(policy) == "32" and "amp=False" in reason
+    policy, reason = choose_precision(True, cpu)
+    auto, why = auto_policy(cpu)
+    assert policy == auto and reason.startswith("amp=True -> auto:") and why in reason
+    policy, reason = choose_precision("bf16-master", cpu)
+    assert str(policy) == "bf16-master" and "preset requested" in reason
     with pytest.raises(ValueError):
         choose_precision("17-mixed", cpu)

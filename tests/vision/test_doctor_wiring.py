@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from vision_helpers import TINY_MODEL
 
+import mixprec.vision.data as vdata
 import mixprec.vision.trainer as trainer_mod
 from mixprec.precision import Precision
 from mixprec.scaler import DynamicScaler
@@ -53,12 +54,12 @@ def test_overflowing_first_step_is_attributed_in_the_run_folder(tmp_path, monkey
     """16-mixed with an initial loss scale of 2**40: the FP16 backward overflows, the step is
     skipped, and the run folder names the step, the cause and the scale."""
 
-    def big_scale(amp, device, emulate=False):
-        assert amp == "16-mixed"
+    def big_scale(policy, **kwargs):  # the run's Precision, built by the trainer from the policy
+        assert str(policy) == "16-mixed"
         scaler = DynamicScaler(init_scale=2.0**40, max_scale=None)
-        return Precision("16-mixed", scaler=scaler, device=device), "test: init_scale 2**40"
+        return Precision(policy, scaler=scaler, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "choose_precision", big_scale)
+    monkeypatch.setattr(trainer_mod, "Precision", big_scale)
     seen: dict = {}
     res = train(amp="16-mixed", epochs=1, datasets_dir=str(tmp_path / "datasets"),
                 project=str(tmp_path / "runs"), callbacks={"on_batch_end": _watch_hooks(seen)},
@@ -104,13 +105,13 @@ class _PlantNaN:
 
 @pytest.mark.parametrize("nbs", [4, 8])  # 8: the NaN batch is the first of 2 accumulated
 def test_nan_input_batch_writes_the_locator_finding(tmp_path, monkeypatch, capsys, nbs):
-    real = trainer_mod.build_dataloader
+    real = vdata.build_dataloader
 
     def planting(data, split, *a, **k):
         loader = real(data, split, *a, **k)
         return _PlantNaN(loader) if split == "train" else loader
 
-    monkeypatch.setattr(trainer_mod, "build_dataloader", planting)
+    monkeypatch.setattr(vdata, "build_dataloader", planting)  # the detection task's loaders
     seen: dict = {}
     res = train(amp=False, epochs=1, datasets_dir=str(tmp_path / "datasets"),
                 project=str(tmp_path / "runs"), callbacks={"on_batch_end": _watch_hooks(seen)},

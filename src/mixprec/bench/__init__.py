@@ -4,7 +4,7 @@
 memory (allocator peak, exact byte breakdown, peak RSS), energy, the largest batch that fits a
 budget and convergence parity, one row per precision, and returns a ``BenchResult`` (JSON via
 ``to_json``/``save_json``). ``mixprec.bench.autobatch.largest_batch`` is the batch-size search
-the trainer's ``batch=-1`` uses. ``mixprec bench ...`` is the CLI (``mixprec.bench.command``).
+the trainer's ``batch=-1`` uses. ``mixprec bench ...`` is the CLI (``mixprec.cli.bench``).
 """
 
 from __future__ import annotations

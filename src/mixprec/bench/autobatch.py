@@ -226,10 +226,12 @@ def largest_batch(
     ``model``: an ``nn.Module`` (deep-copied, never modified) or a function returning a fresh
     one. ``batch_fn(batch_size) -> (inputs, targets)``: a batch of that size (any device; moved
     to ``device``). ``loss_fn(outputs, targets) -> scalar tensor``. ``optimizer_fn(params)``:
-    default AdamW. ``precision``: a preset name or Policy. ``budget_bytes`` / ``fraction``: see
-    the module docstring. ``measure``: ``"auto"``, ``"allocator"`` (CUDA only),
-    ``"accounted"`` or ``"linear"``. Synchronises with the device at every probe. Raises BatchDoesNotFitError
-    (a ValueError) naming the bytes needed when batch 1 does not fit.
+    default AdamW. ``precision``: a preset name or Policy, or a factory ``() -> Precision`` that
+    returns a fresh one (so the caller's run keeps one Precision; the probe builds its own).
+    ``budget_bytes`` / ``fraction``: see the module docstring. ``measure``: ``"auto"``,
+    ``"allocator"`` (CUDA only), ``"accounted"`` or ``"linear"``. Synchronises with the device at
+    every probe. Raises BatchDoesNotFitError (a ValueError) naming the bytes needed when batch 1
+    does not fit.
     """
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

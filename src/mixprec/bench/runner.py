@@ -24,6 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ from mixprec.bench.step import (
 )
 from mixprec.policy import Policy
 
-__all__ = ["bench"]
+__all__ = ["BenchConfig", "bench", "run_bench"]
 
 BASELINE = "32"
 TAIL = 5  # steps averaged for the tail loss
@@ -185,6 +186,75 @@ def measure_memory(state: TrainState, batch: tuple[Any, Any], loss_fn: LossFn,
     return memory
 
 
+@dataclass(frozen=True)
+class BenchConfig:
+    """The knobs of one ``bench`` run (see ``bench`` for their meaning), validated on creation."""
+
+    precisions: tuple[Any, ...] = ("32", "16-mixed", "bf16-mixed")
+    batch_size: int = 16
+    steps: int = 20
+    warmup: int = 3
+    repeats: int = 5
+    device: str | torch.device | None = None
+    optimizer_fn: OptimizerFn | None = None
+    seed: int = 0
+    emulate: bool = False
+    budget: int | float | str | None = None
+    max_batch: int = 1024
+    energy: bool = True
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be >= 1 (memory is measured in the warm-up), got "
+                             f"{self.warmup}")
+        if self.repeats < 1 or self.steps < self.repeats:
+            raise ValueError(f"need 1 <= repeats <= steps, got steps={self.steps}, "
+                             f"repeats={self.repeats}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def record(self, dev: torch.device, notes: list[str]) -> dict[str, Any]:
+        """The ``config`` block of the result (plain data)."""
+        budget = self.budget
+        return {"batch_size": self.batch_size, "steps": self.steps, "warmup": self.warmup,
+                "repeats": self.repeats, "seed": self.seed, "emulate": self.emulate,
+                "device": str(dev), "optimizer": _optimizer_name(self.optimizer_fn),
+                "budget": budget if budget is None or isinstance(budget, (int, float, str))
+                else str(budget), "max_batch": self.max_batch, "model": self.model_name,
+                "notes": notes}
+
+
+@dataclass
+class _Run:
+    """What the phases of one ``bench`` run share: the config, the device, one row per
+    precision, the live training states and their (device-side) losses, the batch source."""
+
+    cfg: BenchConfig
+    dev: torch.device
+    policies: list[tuple[str, Policy]]
+    batches: _Batches
+    say: Callable[[str], None]
+    model_fn: ModelFn
+    loss_fn: LossFn
+    rows: dict[str, BenchRow] = field(default_factory=dict)
+    states: dict[str, TrainState] = field(default_factory=dict)
+    losses: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def fail(self, name: str, err: BaseException, phase: str) -> None:
+        """Turn ``name`` into a failed row (a failing baseline raises)."""
+        if name == BASELINE:
+            raise err
+        self.rows[name].status = "failed"
+        self.rows[name].error = f"{phase}: {type(err).__name__}: {err}"
+        self.states.pop(name, None)
+        self.say(f"  {name}: failed in {phase}: {type(err).__name__}: {err}")
+
+    def build(self, policy: Policy) -> TrainState:
+        return build_state(self.model_fn, policy, self.dev, optimizer_fn=self.cfg.optimizer_fn,
+                           seed=self.cfg.seed, emulate=self.cfg.emulate)
+
+
 def bench(
     model_fn: ModelFn,
     batch_fn: Callable[[int], tuple[Any, Any]],
@@ -217,48 +287,58 @@ def bench(
     numerics through ``mixprec.emulate`` (FP32 storage: memory and speed are then the
     emulator's). ``budget``: bytes (int or ``"2G"``) or a fraction of CUDA memory for the
     largest-batch search; ``None`` searches at 0.6 of the memory on CUDA and skips it on CPU;
-    ``0`` turns it off. ``log``: called with progress lines (e.g. ``print``).
+    ``0`` turns it off. ``log``: called with progress lines (e.g. ``print``). The keywords are
+    those of ``BenchConfig``; ``run_bench(model_fn, batch_fn, loss_fn, config)`` takes one.
 
     Synchronises with the device around every timed round and reads losses back once per round.
     A precision that fails (e.g. unsupported on the device) becomes a ``failed`` row with the
     error; a failing ``32`` baseline raises.
     """
-    if warmup < 1:
-        raise ValueError(f"warmup must be >= 1 (memory is measured in the warm-up), got {warmup}")
-    if repeats < 1 or steps < repeats:
-        raise ValueError(f"need 1 <= repeats <= steps, got steps={steps}, repeats={repeats}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    say = log or (lambda _msg: None)
-    dev = torch.device(device) if device is not None else torch.device(
+    if isinstance(precisions, str):
+        precisions = [p for p in precisions.split(",") if p.strip()]
+    cfg = BenchConfig(tuple(precisions), batch_size, steps, warmup, repeats, device, optimizer_fn,
+                      seed, emulate, budget, max_batch, energy, model_name)
+    return run_bench(model_fn, batch_fn, loss_fn, cfg, log)
+
+
+def run_bench(model_fn: ModelFn, batch_fn: Callable[[int], tuple[Any, Any]], loss_fn: LossFn,
+              cfg: BenchConfig, log: Callable[[str], None] | None = None) -> BenchResult:
+    """``bench`` with its knobs in one ``BenchConfig``: warm-up and memory, timed rounds,
+    convergence read-back, largest batch, then the ratios against ``32``."""
+    dev = torch.device(cfg.device) if cfg.device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
-    policies, config_notes = _resolve_policies(precisions, dev)
-    search_args, search_off = _budget_args(budget, dev)
+    policies, config_notes = _resolve_policies(cfg.precisions, dev)
+    search_args, search_off = _budget_args(cfg.budget, dev)
 
     from mixprec.hardware import describe_device
 
     env = describe_device(dev)
-    meter, energy_reason = (open_energy_meter(dev) if energy
+    meter, energy_reason = (open_energy_meter(dev) if cfg.energy
                             else (None, "energy measurement off (energy=False)"))
     env["energy_source"] = meter.source if meter is not None else None
-    rows = {name: BenchRow(precision=name,
-                           numerics="emulated" if emulate and policy != Policy() else "real")
-            for name, policy in policies}
-    states: dict[str, TrainState] = {}
-    losses: dict[str, list[torch.Tensor]] = {name: [] for name, _ in policies}
-    batches = _Batches(batch_fn, batch_size, seed, dev)
-
-    def fail(name: str, err: BaseException, phase: str) -> None:
-        if name == BASELINE:
-            raise err
-        rows[name].status = "failed"
-        rows[name].error = f"{phase}: {type(err).__name__}: {err}"
-        states.pop(name, None)
-        say(f"  {name}: failed in {phase}: {type(err).__name__}: {err}")
-
-    # 1. memory (throwaway state) and warm-up (the timed state), one precision at a time
+    run = _Run(cfg, dev, policies, _Batches(batch_fn, cfg.batch_size, cfg.seed, dev),
+               log or (lambda _msg: None), model_fn, loss_fn)
     for name, policy in policies:
-        say(f"memory + warm-up: {name}")
+        run.rows[name] = BenchRow(precision=name, numerics="emulated"
+                                  if cfg.emulate and policy != Policy() else "real")
+        run.losses[name] = []
+    _warmup_memory(run)
+    per_round, joules, timed_steps = _timed_rounds(run, meter)
+    _read_convergence(run)
+    _largest_batches(run, batch_fn, search_args, search_off)
+    _finish_rows(run.rows, dict(policies), env, energy_reason, meter, joules, per_round,
+                 timed_steps, cfg.batch_size, cfg.emulate)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return BenchResult(rows=[run.rows[n] for n, _ in policies], environment=env,
+                       config=cfg.record(dev, config_notes), created=created, baseline=BASELINE)
+
+
+def _warmup_memory(run: _Run) -> None:
+    """Phase 1, one precision at a time: memory on a throwaway state, then the untimed warm-up
+    steps of the state the timed rounds use."""
+    dev = run.dev
+    for name, policy in run.policies:
+        run.say(f"memory + warm-up: {name}")
         gc.collect()
         cuda_base = 0
         if dev.type == "cuda":
@@ -268,114 +348,114 @@ def bench(
             torch.cuda.reset_peak_memory_stats(dev)
         rss_note = reset_peak_rss()
         try:
-            probe = build_state(model_fn, policy, dev, optimizer_fn=optimizer_fn, seed=seed,
-                                emulate=emulate)
-            memory = measure_memory(probe, batches(0), loss_fn, dev)
+            probe = run.build(policy)
+            memory = measure_memory(probe, run.batches(0), run.loss_fn, dev)
             memory["cuda_peak"] = (torch.cuda.max_memory_allocated(dev) - cuda_base
                                    if dev.type == "cuda" else None)
             memory["peak_rss"] = peak_rss_bytes()
             memory["peak_rss_note"] = rss_note
             del probe
-            state = build_state(model_fn, policy, dev, optimizer_fn=optimizer_fn, seed=seed,
-                                emulate=emulate)
-            for i in range(warmup):
-                loss, _ = train_step(state, *batches(i), loss_fn)
+            state = run.build(policy)
+            for i in range(run.cfg.warmup):
+                loss, _ = train_step(state, *run.batches(i), run.loss_fn)
                 state.optimizer.zero_grad(set_to_none=True)
-                losses[name].append(loss)
+                run.losses[name].append(loss)
         except Exception as err:
-            fail(name, err, "memory/warm-up")
+            run.fail(name, err, "memory/warm-up")
             continue
         first_update = memory.pop("steps_to_first_update")
         if first_update is None:
-            rows[name].notes.append(
+            run.rows[name].notes.append(
                 f"no optimizer step was applied in {MAX_MEMORY_STEPS} tries (every step "
                 "overflowed), so the optimizer state is missing from the memory figures")
         elif first_update > 1:
-            rows[name].notes.append(
+            run.rows[name].notes.append(
                 f"memory: the loss scaler skipped {first_update - 1} step(s) before the first "
                 "update; figures are from the state after it")
-        rows[name].memory = memory
-        states[name] = state
-    batches.forget()
+        run.rows[name].memory = memory
+        run.states[name] = state
+    run.batches.forget()
 
-    # 2. timing, interleaved round by round
-    sizes = [steps // repeats + (1 if r < steps % repeats else 0) for r in range(repeats)]
-    per_round: dict[str, list[float]] = {name: [] for name, _ in policies}
+
+def _timed_rounds(run: _Run, meter: Any) -> tuple[dict[str, list[float]], dict[str, float],
+                                                  dict[str, int]]:
+    """Phase 2, interleaved round by round (rotated order, same batches for every precision):
+    seconds per step of each round, joules and timed steps per precision."""
+    cfg, dev = run.cfg, run.dev
+    sizes = [cfg.steps // cfg.repeats + (1 if r < cfg.steps % cfg.repeats else 0)
+             for r in range(cfg.repeats)]
+    per_round: dict[str, list[float]] = {name: [] for name, _ in run.policies}
     joules: dict[str, float] = dict.fromkeys(per_round, 0.0)
     timed_steps: dict[str, int] = dict.fromkeys(per_round, 0)
-    first = warmup
+    first = cfg.warmup
     for r, k in enumerate(sizes):
         idx = range(first, first + k)
-        alive = [name for name, _ in policies if name in states]
+        alive = [name for name, _ in run.policies if name in run.states]
         order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
-        say(f"timing round {r + 1}/{repeats}: {k} steps x {len(order)} precisions")
+        run.say(f"timing round {r + 1}/{cfg.repeats}: {k} steps x {len(order)} precisions")
         for name in order:
-            state = states[name]
+            state = run.states[name]
             try:
-                round_batches = [batches(i) for i in idx]
+                round_batches = [run.batches(i) for i in idx]
                 _sync(dev)
                 e0 = meter.sample() if meter is not None else None
                 t0 = time.perf_counter()
                 for inputs, targets in round_batches:
-                    loss, _ = train_step(state, inputs, targets, loss_fn)
+                    loss, _ = train_step(state, inputs, targets, run.loss_fn)
                     state.optimizer.zero_grad(set_to_none=True)
-                    losses[name].append(loss)
+                    run.losses[name].append(loss)
                 _sync(dev)
                 t1 = time.perf_counter()
                 if meter is not None:
                     joules[name] += meter.joules(e0, meter.sample())
             except Exception as err:
-                fail(name, err, f"timing round {r + 1}")
+                run.fail(name, err, f"timing round {r + 1}")
                 continue
             per_round[name].append((t1 - t0) / k)
             timed_steps[name] += k
-        batches.forget()
+        run.batches.forget()
         first += k
+    return per_round, joules, timed_steps
 
-    # convergence and scaler figures, read back once
-    loss_values: dict[str, list[float]] = {}
-    for name, state in states.items():
-        curve = torch.stack([x.float().reshape(()) for x in losses[name]]).cpu().tolist()
-        loss_values[name] = curve
-        rows[name].convergence = {
+
+def _read_convergence(run: _Run) -> None:
+    """Loss curves and scaler figures, read back once; then the training states are freed."""
+    for name, state in run.states.items():
+        curve = torch.stack([x.float().reshape(()) for x in run.losses[name]]).cpu().tolist()
+        run.rows[name].convergence = {
             "losses": curve, "final_loss": curve[-1],
             "tail_mean": statistics.fmean(curve[-TAIL:]),
             "final_ratio": None, "tail_ratio": None,
             "skipped_steps": int(state.precision.skipped_steps),
             "loss_scale": float(state.precision.scaler.scale)}
-    states.clear()
+    run.states.clear()
     gc.collect()
-    if dev.type == "cuda":
+    if run.dev.type == "cuda":
         torch.cuda.empty_cache()
 
-    # 3. largest batch under the budget
-    for name, policy in policies:
-        if rows[name].status != "ok":
+
+def _largest_batches(run: _Run, batch_fn: Callable[[int], Any], search_args: dict | None,
+                     search_off: str | None) -> None:
+    """Phase 3: the largest batch under the budget, per precision that is still ok."""
+    cfg = run.cfg
+    for name, policy in run.policies:
+        row = run.rows[name]
+        if row.status != "ok":
             continue
         if search_args is None:
-            rows[name].largest_batch = {"batch": None, "reason": search_off}
+            row.largest_batch = {"batch": None, "reason": search_off}
             continue
-        say(f"largest batch: {name}")
+        run.say(f"largest batch: {name}")
         try:
-            found = largest_batch(model_fn, batches_for_search(batch_fn, seed, dev), loss_fn,
-                                  precision=policy, device=dev, optimizer_fn=optimizer_fn,
-                                  max_batch=max_batch, emulate=emulate, **search_args)
-            rows[name].largest_batch = {**found.as_dict(), "reason": found.reason, "ratio": None}
+            found = largest_batch(run.model_fn, batches_for_search(batch_fn, cfg.seed, run.dev),
+                                  run.loss_fn, precision=policy, device=run.dev,
+                                  optimizer_fn=cfg.optimizer_fn, max_batch=cfg.max_batch,
+                                  emulate=cfg.emulate, **search_args)
+            row.largest_batch = {**found.as_dict(), "reason": found.reason, "ratio": None}
         except BatchDoesNotFitError as err:
-            rows[name].largest_batch = {"batch": None, "reason": str(err), "ratio": None}
+            row.largest_batch = {"batch": None, "reason": str(err), "ratio": None}
         except Exception as err:
-            fail(name, err, "largest-batch search")
-
-    _finish_rows(rows, dict(policies), env, energy_reason, meter, joules, per_round, timed_steps,
-                 batch_size, emulate)
-    config = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
-              "seed": seed, "emulate": emulate, "device": str(dev),
-              "optimizer": _optimizer_name(optimizer_fn), "budget": budget if budget is None
-              or isinstance(budget, (int, float, str)) else str(budget),
-              "max_batch": max_batch, "model": model_name, "notes": config_notes}
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return BenchResult(rows=[rows[n] for n, _ in policies], environment=env, config=config,
-                       created=created, baseline=BASELINE)
+            run.fail(name, err, "largest-batch search")
 
 
 def batches_for_search(batch_fn: Callable[[int], Any], seed: int,

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from mixprec._tree import leaves, map_leaves
+
 __all__ = ["TrainState", "build_state", "default_optimizer", "iter_tensors", "to_device",
            "train_step"]
 
@@ -39,25 +41,12 @@ class TrainState:
 
 def to_device(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside (lists, tuples, dicts) moved to ``device``."""
-    if torch.is_tensor(obj):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
+    return map_leaves(lambda t: t.to(device, non_blocking=True) if torch.is_tensor(t) else t, obj)
 
 
 def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     """Every tensor inside ``obj`` (lists, tuples, dicts)."""
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from iter_tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from iter_tensors(v)
+    return (t for t in leaves(obj) if torch.is_tensor(t))
 
 
 def build_state(model_fn: ModelFn, precision: Any, device: torch.device, *,
@@ -65,7 +54,8 @@ def build_state(model_fn: ModelFn, precision: Any, device: torch.device, *,
                 emulate: bool = False) -> TrainState:
     """A fresh ``model_fn()`` (initialised under ``torch.manual_seed(seed)``; the global RNG is
     restored afterwards), moved to ``device``, with ``optimizer_fn(model.parameters())`` and
-    ``Precision(precision, device=device, emulate=emulate).setup`` applied."""
+    ``Precision(precision, device=device, emulate=emulate).setup`` applied. ``precision`` may
+    also be a factory ``() -> Precision`` (a fresh, not yet set up one; ``emulate`` is then its)."""
     from mixprec.precision import Precision
 
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -76,7 +66,7 @@ def build_state(model_fn: ModelFn, precision: Any, device: torch.device, *,
         raise TypeError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}")
     model = model.to(device).train()
     optimizer = (optimizer_fn or default_optimizer)(model.parameters())
-    prec = Precision(precision, device=device, emulate=emulate)
+    prec = precision() if callable(precision) else Precision(precision, device=device, emulate=emulate)
     model, optimizer = prec.setup(model, optimizer)
     return TrainState(model=model, optimizer=optimizer, precision=prec, device=device)
 

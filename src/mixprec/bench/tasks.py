@@ -1,7 +1,8 @@
 """What ``mixprec bench model=...`` measures: a model factory, a batch source and a loss.
 
-- ``model=det-n.yaml`` (any detector YAML of the vision trainer): the detector and its training
-  loss, on synthetic images with random boxes, or real batches with ``data=shapes8.yaml``.
+bench knows no task: a vision model YAML (``model=det-n.yaml``) is a workload the vision task
+defines (``mixprec.vision.task.Task.workload``); the CLI composes the two.
+
 - ``model=convnet``: a small built-in conv classifier (Conv-BN-SiLU blocks) on synthetic images;
   quick, and what the tests use.
 - ``model=package.module:function``: your own; ``function(imgsz=...)`` returns a ``BenchTask``
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BenchTask", "convnet", "detection_task", "resolve_task"]
+__all__ = ["BenchTask", "convnet", "resolve_task"]
 
 
 @dataclass(frozen=True)
@@ -55,69 +56,12 @@ def convnet(imgsz: int = 32, width: int = 16, nc: int = 10) -> BenchTask:
                      nn.functional.cross_entropy)
 
 
-def _synthetic_boxes(b: int, nc: int, per_image: int = 4) -> torch.Tensor:
-    """(b * per_image, 6) rows [image, class, cx, cy, w, h], normalised, boxes inside the image."""
-    n = b * per_image
-    wh = 0.05 + 0.35 * torch.rand(n, 2)
-    centre = wh / 2 + (1 - wh) * torch.rand(n, 2)
-    image = torch.arange(b).repeat_interleave(per_image).float()
-    cls = torch.randint(0, nc, (n,)).float()
-    return torch.cat([image[:, None], cls[:, None], centre, wh], 1)
-
-
-def _real_batches(data: str, imgsz: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    from mixprec.vision.data import build_dataloader, collate, load_data_config
-
-    loader = build_dataloader(load_data_config(data), "train", imgsz, batch=1, train=False)
-    dataset = loader.dataset
-
-    def batch_fn(b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(dataset), (b,)).tolist()  # seeded by bench per step
-        batch = collate([dataset[i] for i in idx])
-        return batch["images"].float() / 255.0, batch["targets"]
-
-    return batch_fn
-
-
-def detection_task(cfg: str, imgsz: int = 640, data: str | None = None) -> BenchTask:
-    """The vision trainer's detector ``cfg`` (e.g. ``det-n.yaml``) with its training loss.
-    Synthetic batches: uniform random images and 4 random boxes per image; ``data``: real
-    letterboxed training images of that dataset YAML (no augmentation)."""
-    if imgsz % 32:
-        raise ValueError(f"imgsz={imgsz} must be a multiple of 32 for the detector (e.g. 640)")
-    try:
-        from mixprec.vision.loss import DetectionLoss
-        from mixprec.vision.models.detector import DetectionModel
-    except ImportError as err:
-        raise ValueError(f"model={cfg} needs the vision trainer (mixprec.vision), which failed to "
-                         f"import: {err}") from err
-
-    def model_fn() -> nn.Module:
-        return DetectionModel(cfg)
-
-    probe = model_fn()
-    nc = int(probe.nc)
-    criterion = DetectionLoss(probe)
-    del probe
-
-    def loss_fn(maps: Any, targets: torch.Tensor) -> torch.Tensor:
-        return criterion(maps, targets)[0]
-
-    if data is not None:
-        batch_fn = _real_batches(data, imgsz)
-    else:
-        def batch_fn(b: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.rand(b, 3, imgsz, imgsz), _synthetic_boxes(b, nc)
-
-    source = f"data {data}" if data else "synthetic images"
-    return BenchTask(f"{cfg} (imgsz {imgsz}, {source})", model_fn, batch_fn, loss_fn)
-
-
 def resolve_task(model: str, imgsz: int, data: str | None = None) -> BenchTask:
     """The task ``model=...`` names; raises ValueError listing the accepted forms."""
     spec = str(model).strip()
     if spec.endswith((".yaml", ".yml")):
-        return detection_task(spec, imgsz, data)
+        raise ValueError(f"model={spec} is a vision model: its workload comes from the vision task "
+                         "(mixprec.vision.task.task_for_model(model).workload(...))")
     if data is not None:
         raise ValueError(f"data={data} needs a detector model (model=det-n.yaml), not model={spec}")
     if spec == "convnet":

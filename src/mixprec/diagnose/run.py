@@ -60,7 +60,7 @@ def diagnose(
     skipped step, re-run that batch under the NaN locator (slow path, once).
     Host synchronisation: the engine's one per step, plus one scale read per step.
     """
-    import mixprec as mp
+    from mixprec.precision import Precision
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -69,7 +69,7 @@ def diagnose(
     net = copy.deepcopy(model) if copy_model else model
     if device is not None:
         net = net.to(device)
-    prec = precision if isinstance(precision, mp.Precision) else mp.Precision(
+    prec = precision if isinstance(precision, Precision) else Precision(
         precision, device=device or _device_of(net), emulate=emulate)
     make_opt = optimizer or (lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.9))
     net, opt = prec.setup(net, make_opt([p for p in net.parameters() if p.requires_grad]))

@@ -31,7 +31,7 @@ _PRECISION_FILE = "mixprec.pt"
 
 
 def _is_sharded(model: nn.Module) -> bool:
-    from mixprec.precision import _is_fsdp2
+    from mixprec.storage import is_fsdp2 as _is_fsdp2
 
     return _is_fsdp2(unwrap(model))
 

@@ -68,20 +68,24 @@ def ddp(
     ``float16`` compresses them with torch's ``bf16_compress_hook``/``fp16_compress_hook``.
     ``optimizer``: the optimizer ``setup`` returned; a ``MasterWeights`` is switched to step-time
     gradient collection and its masters are broadcast from rank 0. ``ddp_kwargs`` go to DDP
-    (e.g. ``device_ids=[local_rank]`` on CUDA). Collective at construction (broadcasts)."""
+    (e.g. ``device_ids=[local_rank]`` on CUDA). ``process_group``: DDP's group, also handed to
+    ``precision`` so that its inf/NaN verdict is all-reduced over the same ranks. Collective at
+    construction (broadcasts)."""
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("torch.distributed is not initialised: launch with torchrun (or call "
                            "torch.distributed.init_process_group) before mixprec.distributed.ddp")
     if isinstance(model, DistributedDataParallel):
         raise ValueError("model is already wrapped in DistributedDataParallel: pass the plain "
                          "model returned by prec.setup(model, optimizer)")
-    if precision is not None and getattr(precision, "_model", None) is None:
+    if precision is not None and getattr(precision, "model", None) is None:
         raise ValueError("call prec.setup(model, optimizer) before mixprec.distributed.ddp: setup "
                          "may cast parameters, which must happen before DDP builds its buckets")
     dtype = parse_dtype(reduce_dtype) if reduce_dtype is not None else torch.float32
     if dtype not in (torch.float32, *_HALF):
         raise ValueError(f"reduce_dtype={reduce_dtype!r}: use float32, bfloat16 or float16")
     wrapped = DistributedDataParallel(model, process_group=process_group, **ddp_kwargs)
+    if precision is not None:
+        precision.process_group = process_group  # found-inf is all-reduced over DDP's ranks only
     has_half_grads = any(p.requires_grad and p.dtype in _HALF for p in model.parameters())
     if dtype == torch.bfloat16:
         wrapped.register_comm_hook(process_group, default_hooks.bf16_compress_hook)

@@ -1,8 +1,7 @@
-"""Data-parallel runs of the trainer: ``device=0,1`` relaunches under torchrun; each rank joins
-the process group torchrun set up, gets its device, and shards the training data.
-
-    mixprec train ... device=0,1   # runs: torchrun --standalone --nproc_per_node=2 -m mixprec.cli train ...
-    torchrun --nproc_per_node=2 -m mixprec.cli train ... device=cpu    # the same, started by hand
+"""Data-parallel runs of the trainer: each rank joins the process group torchrun set up, gets
+its device (``init_from_launcher`` -> ``DistContext``, called by the CLI or by a user script and
+passed to ``train(..., dist=ctx)``), and shards the training data. Relaunching under torchrun
+for ``device=0,1`` is the CLI's job (``mixprec.cli.launch``).
 
 ``device=cpu,cpu`` asks for 2 CPU processes (gloo); it exists for tests and for trying the
 distributed path without GPUs.
@@ -12,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +21,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mixprec.distributed.ranks import barrier, is_initialized, is_main_process
 
-__all__ = ["DistContext", "broadcast_object", "device_list", "init_from_launcher", "main_process_first",
-           "needs_launch", "quiet_unless_main", "relaunch", "shard_loader"]
+__all__ = ["DistContext", "broadcast_object", "device_list", "init_from_launcher", "launched_by_torchrun",
+           "main_process_first", "quiet_unless_main", "shard_loader"]
 
 
 @dataclass(frozen=True)
@@ -52,22 +49,9 @@ def device_list(device: Any) -> list[str] | None:
     return items
 
 
-def needs_launch(device: Any) -> bool:
-    """True when ``device`` lists several devices and this process is not a torchrun rank yet."""
-    return device_list(device) is not None and not dist.is_torchelastic_launched()
-
-
-def relaunch(command: str, config: dict[str, Any]) -> int:
-    """Run ``mixprec <command>`` with ``config`` on one process per listed device, under torchrun
-    (``--standalone``: rendezvous on a free localhost port). Returns torchrun's exit code."""
-    devices = device_list(config.get("device"))
-    if devices is None:
-        raise ValueError("relaunch needs a device list such as device=0,1")
-    args = [f"{k}={v}" for k, v in config.items() if v is not None]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={len(devices)}", "-m", "mixprec.cli", command, *args]
-    print(f"data-parallel on {len(devices)} processes: {' '.join(cmd)}", flush=True)
-    return subprocess.call(cmd)
+def launched_by_torchrun() -> bool:
+    """Whether this process is a torchrun rank (torch reads the launcher's variables)."""
+    return dist.is_torchelastic_launched()
 
 
 def init_from_launcher(device: Any) -> DistContext | None:

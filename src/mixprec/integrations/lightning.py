@@ -39,7 +39,7 @@ from mixprec.integrations._require import require
 from mixprec.master import MasterWeights
 from mixprec.policy import Policy
 from mixprec.precision import Precision as MixedPrecisionRecipe
-from mixprec.precision import _cast_floats
+from mixprec.storage import cast_floats
 
 __all__ = ["MixprecPrecision", "MixprecTrainerPrecision"]
 
@@ -91,12 +91,12 @@ class MixprecPrecision(_FabricPrecision):
         module's own pre-hook does the same, so calling the raw module works too)."""
         p = self.precision.policy
         if p.casts_params and not self.precision.emulate:
-            return _cast_floats(data, p.compute_dtype)
+            return cast_floats(data, p.compute_dtype)
         return data
 
     def convert_output(self, data: Any) -> Any:
         """Floating outputs to the policy's output dtype (FP32 for every preset)."""
-        return _cast_floats(data, self.precision.policy.output_dtype)
+        return cast_floats(data, self.precision.policy.output_dtype)
 
     # -- backward and step --------------------------------------------------------------------
     def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:

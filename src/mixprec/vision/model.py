@@ -17,15 +17,17 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from mixprec.vision.cfg import VAL_KEYS, check_keys
+from mixprec.keys import check_keys
+from mixprec.precision import Precision
 from mixprec.vision.data import build_dataloader, load_data_config
 from mixprec.vision.loss import DetectionLoss
-from mixprec.vision.models import DetectionModel, load_model_yaml, model_info
+from mixprec.vision.models import model_info
 from mixprec.vision.precision_choice import choose_precision, select_device
-from mixprec.vision.predict import Detections, predict
+from mixprec.vision.predict import Detections
 from mixprec.vision.run import increment_path
-from mixprec.vision.trainer import TrainResult, load_weights, train
-from mixprec.vision.validate import ValResults, validate
+from mixprec.vision.task import Task, load_weights, task_for_model
+from mixprec.vision.trainer import TrainResult, train
+from mixprec.vision.validate import ValResults
 
 __all__ = ["Model"]
 
@@ -35,8 +37,10 @@ class Model:
         self.source = str(source)
         if self.source.endswith(".pt"):
             self.model, self.ckpt = load_weights(self.source)
+            self.task: Task = task_for_model(self.source, self.ckpt["model"])
         else:
-            self.model, self.ckpt = DetectionModel(load_model_yaml(self.source), nc=nc), None
+            self.task = task_for_model(self.source)
+            self.model, self.ckpt = self.task.new_model(self.source, nc), None
         self.last_train: TrainResult | None = None
 
     @property
@@ -58,10 +62,12 @@ class Model:
         cfg = load_data_config(data, datasets_dir)
         return build_dataloader(cfg, split, imgsz, batch, augment, workers, seed)
 
-    def train(self, callbacks: dict[str, Callable] | None = None, **kwargs: Any) -> ValResults | None:
-        """Train (keys as ``mixprec train --help``); afterwards this Model holds best.pt."""
+    def train(self, callbacks: dict[str, Callable] | None = None, dist: Any = None,
+              **kwargs: Any) -> ValResults | None:
+        """Train (keys as ``mixprec train --help``); afterwards this Model holds best.pt.
+        ``dist``: this rank's ``mixprec.distributed.DistContext`` under torchrun."""
         kwargs.setdefault("model", self.source)
-        result = train(kwargs, callbacks=callbacks)
+        result = train(kwargs, callbacks=callbacks, task=self.task, dist=dist)
         self.last_train = result
         if result.best.is_file():
             self.model, self.ckpt = load_weights(result.best)
@@ -71,28 +77,30 @@ class Model:
     def val(self, **kwargs: Any) -> ValResults:
         """Validate (keys as ``mixprec val --help``); ``data``, ``imgsz`` and ``datasets_dir``
         default to those the checkpoint was trained with."""
-        a = check_keys({"model": self.source, **kwargs}, VAL_KEYS, "val")
+        a = check_keys({"model": self.source, **kwargs}, self.task.val_keys, "val")
         trained = self.ckpt["args"] if self.ckpt is not None else {}
         for key in ("data", "imgsz", "datasets_dir"):  # default: as the model was trained
             if kwargs.get(key) is None and key in trained:
                 a[key] = trained[key]
         if a["data"] is None or a["imgsz"] is None:
             raise ValueError("give data=... and imgsz=... (this model has no training record)")
+        task = self.task
+        task.check_args(a)
         device = select_device(a["device"])
-        prec, _ = choose_precision(a["amp"], device, a["emulate"])
-        data = load_data_config(a["data"], a["datasets_dir"])
-        if self.model.nc != data.nc:
-            raise ValueError(f"model has {self.model.nc} classes, data {a['data']} has {data.nc}")
-        loader = build_dataloader(data, a["split"], int(a["imgsz"]), int(a["batch"]), False,
-                                  int(a["workers"]))
+        choice = a["precision"] if a.get("precision") is not None else a["amp"]
+        policy, _ = choose_precision(choice, device, a["emulate"])
+        prec = Precision(policy, device=device, emulate=a["emulate"])
+        data = task.load_data(a)
+        if task.num_classes(data) != len(self.names):
+            raise ValueError(f"model has {len(self.names)} classes, data {a['data']} has "
+                             f"{task.num_classes(data)}")
+        loader = task.val_loader(a, data, a["split"])
         save_dir = None
         if a["save_json"] or a["plots"]:
             save_dir = increment_path(a["project"], a["name"], a["exist_ok"])
             save_dir.mkdir(parents=True, exist_ok=True)
         self.model.to(device)
-        return validate(self.model, loader, data.names, prec.autocast, None, a["conf"], a["iou"],
-                        a["max_det"], save_dir, a["save_json"], a["plots"], per_class=True,
-                        verbose=a["verbose"])
+        return task.validate(self.model, loader, data, prec.autocast, None, a, save_dir, final=True)
 
     def predict(self, source: Any, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
                 max_det: int = 300, save: bool = False, project: str = "runs/detect",
@@ -102,7 +110,8 @@ class Model:
         save_dir = increment_path(project, name, exist_ok) if save else None
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
-        return predict(self.model, source, imgsz, conf, iou, max_det, save_dir)
+        return self.task.predict(self.model, source, imgsz=imgsz, conf=conf, iou=iou,
+                                 max_det=max_det, save_dir=save_dir)
 
     def __repr__(self) -> str:
         return f"Model({self.source!r}, nc={self.model.nc})"

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixprec._tree import map_leaves
 from mixprec.diagnose import NonFiniteReport, SkipRecord, SkipRecorder, locate_nonfinite
 from mixprec.io import atomic_write_text
 
@@ -146,10 +147,5 @@ def _at(where: dict[str, Any]) -> str:
 
 def _strict(obj: Any) -> Any:
     """Non-finite floats as the strings "inf"/"-inf"/"nan" (strict JSON, as in doctor.json)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
+    return map_leaves(lambda v: str(v) if isinstance(v, float) and not math.isfinite(v) else v,
+                      obj, plain=True)

@@ -10,19 +10,14 @@ from typing import Any
 
 import yaml
 
+from mixprec._tree import map_leaves
 from mixprec.io import atomic_write_text, increment_path
 
 __all__ = ["ResultsLog", "increment_path", "write_yaml"]
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
+    return map_leaves(lambda x: str(x) if isinstance(x, Path) else x, v, plain=True)
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> None:

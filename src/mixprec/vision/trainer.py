@@ -1,17 +1,22 @@
-"""The detection trainer: ``train(args) -> TrainResult``.
+"""The shared training loop of every vision task: ``train(args, task=...) -> TrainResult``.
 
-``build(args)`` assembles the parts (data loaders, model, loss, ``Precision``, optimizer,
-schedule, EMA); ``train_one_epoch`` is the training loop, where precision is reached only
-through ``prec.autocast()``, ``prec.backward(loss)`` and ``prec.step(...)``; ``train`` adds
-validation, checkpoints (``weights/last.pt``, ``best.pt``), ``results.csv``, the precision
-record, early stopping and resume. Callbacks ``on_batch_end(state, batch)`` and
-``on_epoch_end(state, epoch)`` let other tools (telemetry) look inside. Rank 0 also records
-why steps were skipped (``skipped_steps.jsonl``) and where the first inf/NaN loss came from
+``build(args, task)`` assembles a run from the task's parts (data loaders, model, loss) and the
+shared ones (``Precision``, optimizer, schedule, EMA, run folder); ``train_one_epoch`` is the
+loop, where precision is reached only through ``prec.autocast()``, ``prec.backward(loss)`` and
+``prec.step(...)``; ``train`` adds validation, checkpoints (``weights/last.pt``, ``best.pt``),
+``results.csv``, the precision record, early stopping and resume. What differs per task sits
+behind ``mixprec.vision.task.Task``. Callbacks ``on_batch_end(state, batch)`` and
+``on_epoch_end(state, epoch)`` let other tools (telemetry) look inside. Rank 0 also records why
+steps were skipped (``skipped_steps.jsonl``) and where the first inf/NaN loss came from
 (``nan_locator.json``) with the numerics doctor (``mixprec.vision.numerics_record``).
+
+Data-parallel runs take a ``DistContext`` (``dist=``) from the caller: the library never joins
+a process group by itself (``mixprec train`` under torchrun passes it).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import time
@@ -23,20 +28,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mixprec._seed import seeded
 from mixprec.distributed import launch as dp
 from mixprec.distributed.ranks import is_main_process
 from mixprec.io import load_checkpoint, save_checkpoint
+from mixprec.keys import check_keys
 from mixprec.precision import Precision
-from mixprec.vision.cfg import TRAIN_KEYS, check_keys
-from mixprec.vision.data import AugmentConfig, DataConfig, build_dataloader, load_data_config
-from mixprec.vision.loss import DetectionLoss
-from mixprec.vision.models import DetectionModel, load_model_yaml
 from mixprec.vision.numerics_record import NumericsRecord
 from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
 from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
 from mixprec.vision.run import ResultsLog, increment_path, write_yaml
-from mixprec.vision.validate import ValResults, validate
+from mixprec.vision.task import Task, get_task, load_weights, task_for_model
 
 __all__ = ["TrainResult", "TrainState", "build", "load_weights", "train", "train_one_epoch"]
 
@@ -46,9 +49,10 @@ class TrainState:
     """Everything a training run holds; ``build`` makes it, the loop mutates it."""
 
     args: dict[str, Any]
-    data: DataConfig
-    model: DetectionModel
-    loss_fn: DetectionLoss
+    task: Task
+    data: Any
+    model: torch.nn.Module
+    loss_fn: Callable[[Any, Any], Any]
     prec: Precision
     precision_reason: str
     optimizer: torch.optim.Optimizer
@@ -73,18 +77,8 @@ class TrainResult:
     save_dir: Path
     best: Path
     last: Path
-    metrics: ValResults | None
+    metrics: Any  # the task's metrics (detection: ValResults), None if never validated
     epochs_run: int
-
-
-def load_weights(path: str | Path) -> tuple[DetectionModel, dict[str, Any]]:
-    """A ``DetectionModel`` (FP32, EMA weights) and the checkpoint dict from a ``.pt`` file."""
-    ckpt = load_checkpoint(path)
-    m = ckpt["model"]
-    model = DetectionModel(m["yaml"], nc=len(m["names"]))
-    model.load_state_dict(m["state_dict"])
-    model.names = {int(k): v for k, v in m["names"].items()}
-    return model, ckpt
 
 
 def _memory_gb(device: torch.device) -> float:
@@ -93,90 +87,87 @@ def _memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB -> GB
 
 
-def _batch_size(args: dict[str, Any], model: DetectionModel, prec: Precision,
-                loss_fn: DetectionLoss, device: torch.device) -> int:
+def _batch_size(args: dict[str, Any], task: Task, model: torch.nn.Module,
+                make_precision: Callable[[], Precision], loss_fn: Callable, device: torch.device,
+                nc: int) -> int:
     if args["batch"] != -1:
         if int(args["batch"]) < 1:
             raise ValueError(f"batch={args['batch']}: use a positive batch, or -1 for autobatch")
         return int(args["batch"])
-    try:
-        from mixprec.bench.autobatch import largest_batch
-    except ImportError as err:
-        raise ValueError("batch=-1 needs mixprec.bench.autobatch.largest_batch, which this "
-                         "install lacks; give a batch size such as batch=16") from err
-    s = int(args["imgsz"])
-
-    def batch_fn(b: int):
-        t = torch.tensor([[i, 0, 0.5, 0.5, 0.3, 0.3] for i in range(b)], dtype=torch.float32)
-        return torch.rand(b, 3, s, s), t
+    from mixprec.bench.autobatch import largest_batch
 
     # on CPU a probe at a large batch takes minutes: extrapolate from batches 1 and 2
-    found = largest_batch(model, batch_fn, lambda out, t: loss_fn(out, t)[0],
-                          precision=prec.policy, device=device, emulate=prec.emulate,
+    found = largest_batch(model, lambda b: task.synthetic_batch(args, b, nc),
+                          lambda out, t: loss_fn(out, t)[0],
+                          precision=make_precision, device=device,
                           max_batch=256, measure="linear" if device.type == "cpu" else "auto")
     print(f"autobatch: batch={found.batch} ({found.budget_source})")
     return max(int(found.batch), 1)
 
 
-def build(args: dict[str, Any], model: DetectionModel | None = None,
-          save_dir: Path | None = None) -> TrainState:
-    """Assemble a run from ``args`` (every key of ``TRAIN_KEYS``). ``model``: start from these
-    weights instead of ``args['model']``. Prints the precision choice and its reason."""
-    ctx = dp.init_from_launcher(args["device"])  # None unless started by torchrun
-    device = ctx.device if ctx else select_device(args["device"])
-    torch.manual_seed(int(args["seed"]))
+def _check_dist(dist: dp.DistContext | None) -> None:
+    if dist is None and dp.launched_by_torchrun():
+        raise ValueError("started by torchrun but train() got no dist=: pass "
+                         "dist=mixprec.distributed.init_from_launcher(device) to train data-parallel "
+                         "(or run `torchrun -m mixprec train ...`, which does)")
+
+
+def _optimization(args: dict[str, Any], task: Task, data: Any, model: torch.nn.Module,
+                  batch: int, nb: int, n_samples: int) -> tuple[Any, Schedule, int, str, float, str]:
+    """Optimizer, schedule and accumulation for ``batch`` (the global batch), ``nb`` batches per
+    epoch over ``n_samples``."""
+    epochs = int(args["epochs"])
+    accumulate = min(max(round(args["nbs"] / batch), 1), nb)
+    steps_per_epoch = math.ceil(nb / accumulate)
+    opt_name, lr0, momentum, why = resolve_optimizer(
+        args["optimizer"], args["lr0"], args["momentum"], task.num_classes(data),
+        math.ceil(n_samples / max(batch, args["nbs"])) * epochs)
+    decay = args["weight_decay"] * batch * accumulate / args["nbs"]
+    optimizer = build_optimizer(model, opt_name, lr0, momentum, decay)
+    warmup = round(min(args["warmup_epochs"], max(epochs - 1, 0)) * steps_per_epoch)
+    schedule = Schedule(optimizer, lr0, args["lrf"], steps_per_epoch * epochs, warmup,
+                        bool(args["cos_lr"]), args["warmup_bias_lr"], args["warmup_momentum"],
+                        momentum)
+    info = f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}"
+    return optimizer, schedule, accumulate, opt_name, lr0, info
+
+
+def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: Path | None = None,
+          task: Task | str | None = None, dist: dp.DistContext | None = None) -> TrainState:
+    """Assemble a run from ``args`` (every key of ``task.train_keys()``). ``model``: start from
+    these weights instead of ``args['model']``; ``dist``: this rank's ``DistContext`` in a
+    data-parallel run. Seed the global RNG first (``train`` does, under ``fork_rng``). Prints
+    the precision choice and its reason."""
+    task = get_task(task)
+    _check_dist(dist)
+    device = dist.device if dist else select_device(args["device"])
+    task.check_args(args)
     with dp.main_process_first():  # rank 0 generates a built-in dataset, the others wait
-        data = load_data_config(args["data"], args["datasets_dir"])
-    imgsz = int(args["imgsz"])
-    if imgsz % 32:
-        raise ValueError(f"imgsz={imgsz} must be a multiple of 32 (the largest stride)")
-    if model is None:
-        src = str(args["model"])
-        if src.endswith(".pt"):
-            model, _ = load_weights(src)
-            if model.nc != data.nc:
-                model = DetectionModel(model.yaml, nc=data.nc)
-        else:
-            model = DetectionModel(load_model_yaml(src), nc=data.nc)
-    elif model.nc != data.nc:
-        model = DetectionModel(model.yaml, nc=data.nc)
-    model.names = dict(data.names)
-    model.to(device)
-    loss_fn = DetectionLoss(model, args["box"], args["cls"], args["dfl"])
-    prec, reason = choose_precision(args["amp"], device, bool(args["emulate"]))
+        data = task.load_data(args)
+    model = task.build_model(args, data, model).to(device)
+    loss_fn = task.build_loss(args, model)
+    key = "precision" if args.get("precision") is not None else "amp"
+    policy, reason = choose_precision(args[key], device, bool(args["emulate"]), key)
+    make_precision = functools.partial(Precision, policy, device=device, emulate=bool(args["emulate"]))
+    prec = make_precision()  # the run's one Precision; autobatch probes get their own
     print(f"precision: {prec.policy}{' (emulated)' if prec.emulate else ''} -- {reason}")
-    batch = _batch_size(args, model, prec, loss_fn, device)
-    aug = AugmentConfig(args["mosaic"], args["degrees"], args["translate"], args["scale"],
-                        args["hsv_h"], args["hsv_s"], args["hsv_v"], args["fliplr"])
-    workers, world = int(args["workers"]), ctx.world_size if ctx else 1
+    batch = _batch_size(args, task, model, make_precision, loss_fn, device, task.num_classes(data))
+    world = dist.world_size if dist else 1
     if batch % world:
         raise ValueError(f"batch={batch} is the global batch: make it divisible by the {world} processes")
     with dp.main_process_first():  # label caches are written once
-        train_loader = build_dataloader(data, "train", imgsz, batch // world, True, workers,
-                                        args["seed"], aug)
-        val_loader = build_dataloader(data, "val", imgsz, batch * 2, False, workers, args["seed"])
+        train_loader, val_loader = task.loaders(args, data, batch, world)
     if world > 1:  # each rank trains on its share; rank 0 validates on the whole val split
         train_loader = dp.shard_loader(train_loader, int(args["seed"]))
-    nb = len(train_loader)
-    accumulate = min(max(round(args["nbs"] / batch), 1), nb)
-    steps_per_epoch = math.ceil(nb / accumulate)
-    total = steps_per_epoch * int(args["epochs"])
-    opt_name, lr0, momentum, why = resolve_optimizer(
-        args["optimizer"], args["lr0"], args["momentum"], data.nc,
-        math.ceil(len(train_loader.dataset) / max(batch, args["nbs"])) * int(args["epochs"]))
-    decay = args["weight_decay"] * batch * accumulate / args["nbs"]
-    optimizer = build_optimizer(model, opt_name, lr0, momentum, decay)
+    optimizer, schedule, accumulate, opt_name, lr0, info = _optimization(
+        args, task, data, model, batch, len(train_loader), len(train_loader.dataset))
     model, optimizer = prec.setup(model, optimizer)
     forward = None
     if world > 1:
         from mixprec.distributed import ddp
 
         forward = ddp(model, optimizer, prec, device_ids=[device.index] if device.type == "cuda" else None)
-    print(f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}")
-    warmup = round(min(args["warmup_epochs"], max(int(args["epochs"]) - 1, 0)) * steps_per_epoch)
-    schedule = Schedule(optimizer, lr0, args["lrf"], total, warmup, bool(args["cos_lr"]),
-                        args["warmup_bias_lr"], args["warmup_momentum"], momentum)
-    ema = ModelEMA(model)
+    print(info)
     if save_dir is None:
         save_dir = dp.broadcast_object(increment_path(args["project"], args["name"],
                                                       bool(args["exist_ok"])))
@@ -185,47 +176,51 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
     args = {**args, "batch": batch, "precision": str(prec.policy), "precision_reason": reason,
             "optimizer_resolved": opt_name, "lr0_resolved": lr0, "device_resolved": str(device),
             "world_size": world}
-    return TrainState(args, data, model, loss_fn, prec, reason, optimizer, schedule, ema,
-                      train_loader, val_loader, accumulate, device, save_dir, forward=forward)
+    return TrainState(args, task, data, model, loss_fn, prec, reason, optimizer, schedule,
+                      ModelEMA(model), train_loader, val_loader, accumulate, device, save_dir,
+                      forward=forward)
 
 
 def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None) -> dict:
     """One pass over the training data; returns mean losses, loss-scale and skip counts."""
     cb = callbacks or {}
-    model, prec, opt, loader, rec = st.model, st.prec, st.optimizer, st.train_loader, st.numerics
+    model, prec, opt, loader, rec, task = st.model, st.prec, st.optimizer, st.train_loader, \
+        st.numerics, st.task
+    verbose, max_norm, epochs = st.args["verbose"], st.args["max_norm"], st.args["epochs"]
     model.train()
-    mean = torch.zeros(3)
+    mean = torch.zeros(len(task.loss_names))
     scales, skipped0, pending = [], prec.skipped_steps, 0
-    header = ("Epoch", "Mem", "box_loss", "cls_loss", "dfl_loss", "Instances", "Size", "Scale")
-    if st.args["verbose"]:
+    header = ("Epoch", "Mem", *(f"{k}_loss" for k in task.loss_names), *task.progress_columns,
+              "Scale")
+    if verbose:
         print(("\n" + "%11s" * len(header)) % header)
-    bar = tqdm(loader, total=len(loader), disable=not st.args["verbose"],
-               bar_format="{l_bar}{bar:10}{r_bar}")
+    bar = tqdm(loader, total=len(loader), disable=not verbose, bar_format="{l_bar}{bar:10}{r_bar}")
     for i, batch in enumerate(bar):
-        images = batch["images"].to(st.device, non_blocking=True).float() / 255
+        inputs, targets = task.inputs(batch, st.device)
         with prec.autocast():
-            maps = (st.forward or model)(images)
-        loss, items = st.loss_fn(maps, batch["targets"])  # FP32 loss on FP32-cast head maps
+            outputs = (st.forward or model)(inputs)
+        loss, items = st.loss_fn(outputs, targets)  # FP32 loss on the FP32-cast outputs
         prec.backward(loss)
         pending += 1
         if pending == st.accumulate or i == len(loader) - 1:
-            stepped = prec.step(opt, max_norm=st.args["max_norm"], scheduler=st.schedule)
+            stepped = prec.step(opt, max_norm=max_norm, scheduler=st.schedule)
             if stepped:
                 st.ema.update(model)
             if rec is not None:  # skip attribution reads the gradients: before zero_grad
-                rec.on_step(stepped, loss, images, maps)
+                rec.on_step(stepped, loss, inputs, outputs)
             opt.zero_grad(set_to_none=True)
             pending = 0
             scales.append(prec.scaler.scale)
-        items = items.cpu()  # loss = items.sum() * batch: its finiteness costs no extra sync
-        st.last_losses = dict(zip(("box_loss", "cls_loss", "dfl_loss"), items.tolist(), strict=True))
+        items = items.cpu()  # loss = f(items): its finiteness costs no extra sync
+        st.last_losses = dict(zip((f"{k}_loss" for k in task.loss_names), items.tolist(), strict=True))
         mean = (mean * i + items) / (i + 1)
         if rec is not None and not bool(torch.isfinite(items).all()):
-            rec.on_nonfinite_loss(loss, images, maps, batch["targets"], st.loss_fn,
+            rec.on_nonfinite_loss(loss, inputs, outputs, targets, st.loss_fn,
                                   after_step=pending == 0, epoch=st.epoch + 1, batch=i)
-        bar.set_description(("%11s" * 2 + "%11.4g" * 3 + "%11s" * 2 + "%11.4g") % (
-            f"{st.epoch + 1}/{st.args['epochs']}", f"{_memory_gb(st.device):.3g}G", *mean.tolist(),
-            len(batch["targets"]), images.shape[-1], prec.scaler.scale))
+        stats = task.batch_stats(batch, inputs)
+        bar.set_description(("%11s" * 2 + "%11.4g" * len(mean) + "%11s" * len(stats) + "%11.4g") % (
+            f"{st.epoch + 1}/{epochs}", f"{_memory_gb(st.device):.3g}G", *mean.tolist(), *stats,
+            prec.scaler.scale))
         if "on_batch_end" in cb:
             cb["on_batch_end"](st, batch)
     return {"loss": mean, "scale": prec.scaler.scale, "min_scale": min(scales, default=1.0),
@@ -234,8 +229,7 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
 
 def _checkpoint(st: TrainState, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
     return {
-        "model": {"yaml": st.model.yaml, "names": st.model.names,
-                  "state_dict": st.ema.ema.state_dict()},
+        "model": {**st.task.model_record(st.model), "state_dict": st.ema.ema.state_dict()},
         "train": {"model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
                   "precision": st.prec.state_dict(), "schedule": st.schedule.state_dict(),
                   "ema_updates": st.ema.updates, "best_fitness": st.best_fitness,
@@ -273,28 +267,78 @@ def _find_resume(args: dict[str, Any]) -> Path:
     return runs[-1]
 
 
+def _resume_args(given: dict[str, Any], task: Task) -> tuple[dict[str, Any], dict | None, Path | None]:
+    """``(args, checkpoint, run folder)``: a resumed run takes its checkpoint's args (``device``,
+    ``workers`` and ``verbose`` may change); a new run has no checkpoint and no folder yet."""
+    if not given.get("resume"):
+        return given, None, None
+    keys = task.train_keys()
+    path = _find_resume(check_keys(given, keys, "train"))
+    ckpt = load_checkpoint(path)
+    if ckpt.get("epoch", -1) < 0 or ckpt["epoch"] + 1 >= ckpt["args"]["epochs"]:
+        raise ValueError(f"{path} is from a finished run: nothing to resume; start a new run "
+                         f"with model={path}")
+    keep = {k: v for k, v in ckpt["args"].items() if k in keys}
+    overrides = {k: given[k] for k in ("device", "workers", "verbose") if k in given}
+    print(f"Resuming training from {path} (epoch {ckpt['epoch'] + 2})")
+    return {**keep, **overrides, "resume": False}, ckpt, path.parent.parent
+
+
+def _validate(st: TrainState, model: torch.nn.Module, final: bool) -> Any:
+    return st.task.validate(model, st.val_loader, st.data, st.prec.autocast, None if final else st.loss_fn,
+                            st.args, st.save_dir, final)
+
+
+def _end_epoch(st: TrainState, epoch: int, out: dict, metrics: Any, elapsed: float,
+               log: ResultsLog, last: Path, best: Path) -> None:
+    """Best fitness, scale history, results.csv row, checkpoints and precision record."""
+    if metrics is not None and (st.best_fitness is None or metrics.fitness > st.best_fitness):
+        st.best_fitness, st.best_epoch = metrics.fitness, epoch
+    st.best_fitness, st.best_epoch = dp.broadcast_object((st.best_fitness, st.best_epoch))
+    st.scale_history.append({"epoch": epoch + 1, "scale": out["scale"],
+                             "min_scale": out["min_scale"], "skipped_steps": out["skipped"]})
+    if not is_main_process():
+        return
+    row = _results_row(epoch, elapsed, out, metrics, st)
+    log.add(row)
+    ckpt = _checkpoint(st, epoch, row)
+    save_checkpoint(ckpt, last)
+    if st.best_epoch == epoch:
+        save_checkpoint(ckpt, best)
+    _write_precision_record(st)
+
+
+def _final_val(st: TrainState, best: Path) -> Any:
+    """The full validation of ``best.pt`` (rank 0), as ``mixprec val`` would print it."""
+    model, _ = load_weights(best, st.task)
+    model.to(st.device)
+    print(f"Validating {best}...")
+    metrics = _validate(st, model, final=True)
+    speed = getattr(metrics, "speed", None)
+    if speed:
+        print(f"Speed: {speed['inference']:.1f} ms inference, "
+              f"{speed['postprocess']:.1f} ms postprocess per image")
+    return metrics
+
+
 def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | None = None,
-          weights: DetectionModel | None = None, **kwargs: Any) -> TrainResult:
-    """Train a detector. ``args``/``kwargs``: keys of ``TRAIN_KEYS`` (unknown keys raise with the
-    nearest valid one); ``weights``: start from this module instead of ``model``. Returns the
-    run folder, checkpoint paths and the final metrics."""
+          weights: torch.nn.Module | None = None, task: Task | str | None = None,
+          dist: dp.DistContext | None = None, **kwargs: Any) -> TrainResult:
+    """Train a model of ``task`` (default: the task of ``model``). ``args``/``kwargs``: keys of
+    ``task.train_keys()`` (unknown keys raise with the nearest valid one); ``weights``: start
+    from this module instead of ``model``; ``dist``: this rank's ``DistContext`` under torchrun.
+    The global RNG is seeded with ``seed`` inside ``torch.random.fork_rng``: the caller's RNG
+    state is unchanged afterwards. Returns the run folder, checkpoint paths and final metrics."""
     given = {**(args or {}), **kwargs}
-    resume_ckpt = None
-    if given.get("resume"):
-        path = _find_resume(check_keys(given, TRAIN_KEYS, "train"))
-        resume_ckpt = load_checkpoint(path)
-        if resume_ckpt.get("epoch", -1) < 0 or resume_ckpt["epoch"] + 1 >= resume_ckpt["args"]["epochs"]:
-            raise ValueError(f"{path} is from a finished run: nothing to resume; start a new run "
-                             f"with model={path}")
-        keep = {k: v for k, v in resume_ckpt["args"].items() if k in TRAIN_KEYS}
-        overrides = {k: given[k] for k in ("device", "workers", "verbose") if k in given}
-        given = {**keep, **overrides, "resume": False}
-        save_dir = path.parent.parent
-        print(f"Resuming training from {path} (epoch {resume_ckpt['epoch'] + 2})")
-    else:
-        save_dir = None
-    args = check_keys(given, TRAIN_KEYS, "train")
-    st = build(args, weights, save_dir)
+    task = get_task(task) if task is not None else task_for_model(str(given.get("model", "")))
+    given, resume_ckpt, save_dir = _resume_args(given, task)
+    args = check_keys(given, task.train_keys(), "train")
+    with seeded(int(args["seed"]), dist.device if dist else select_device(args["device"])):
+        return _run(build(args, weights, save_dir, task, dist), resume_ckpt, callbacks)
+
+
+def _run(st: TrainState, resume_ckpt: dict | None, callbacks: dict[str, Callable] | None) -> TrainResult:
+    """Epochs of ``st`` from its start epoch: validate, log, checkpoint, stop early."""
     if resume_ckpt is not None:
         _restore(st, resume_ckpt)
     a, main = st.args, is_main_process()
@@ -308,76 +352,42 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     log = ResultsLog(st.save_dir / "results.csv", keep_until_epoch=st.epoch)
     last, best = st.save_dir / "weights" / "last.pt", st.save_dir / "weights" / "best.pt"
     print(f"Logging results to {st.save_dir}\nStarting training for {epochs} epochs...")
-    t0 = time.time()
-    metrics: ValResults | None = None
-    start = epoch = st.epoch
+    t0, metrics, start = time.time(), None, st.epoch
+    epoch = start
     if main:  # before the first step; it adds no hook that outlives one locator run
         st.numerics = NumericsRecord(st.model, st.prec, st.optimizer, st.save_dir,
                                      resume=resume_ckpt is not None)
     for epoch in range(start, epochs):
         st.epoch = epoch
-        ds = st.train_loader.dataset
-        ds.set_epoch(epoch)
+        st.train_loader.dataset.set_epoch(epoch)
         st.train_loader.sampler.set_epoch(epoch)
-        ds.mosaic_on = ds.aug is not None and ds.aug.mosaic > 0 and epoch < epochs - a["close_mosaic"]
+        st.task.on_epoch_start(st.train_loader, epoch, a)
         out = train_one_epoch(st, callbacks)
         final = epoch == epochs - 1
-        metrics = None
-        if (a["val"] or final) and main:
-            metrics = validate(st.ema.ema, st.val_loader, st.model.names, st.prec.autocast,
-                               st.loss_fn, a["conf"], a["iou"], a["max_det"], st.save_dir,
-                               plots=False, verbose=a["verbose"])
-            if st.best_fitness is None or metrics.fitness > st.best_fitness:
-                st.best_fitness, st.best_epoch = metrics.fitness, epoch
-        st.best_fitness, st.best_epoch = dp.broadcast_object((st.best_fitness, st.best_epoch))
-        st.scale_history.append({"epoch": epoch + 1, "scale": out["scale"],
-                                 "min_scale": out["min_scale"], "skipped_steps": out["skipped"]})
-        row = _results_row(epoch, time.time() - t0, out, metrics, st)
-        if main:
-            log.add(row)
-            ckpt = _checkpoint(st, epoch, row)
-            save_checkpoint(ckpt, last)
-            if st.best_epoch == epoch:
-                save_checkpoint(ckpt, best)
-            _write_precision_record(st)
+        metrics = _validate(st, st.ema.ema, final=False) if (a["val"] or final) and main else None
+        _end_epoch(st, epoch, out, metrics, time.time() - t0, log, last, best)
         if callbacks and "on_epoch_end" in callbacks:
             callbacks["on_epoch_end"](st, epoch)
         if epoch - st.best_epoch >= a["patience"] and st.best_epoch >= 0 and not final:
-            print(f"Stopping early: no improvement in the last {a['patience']} epochs "
-                  f"(best epoch {st.best_epoch + 1})")
+            print(f"Stopping early: no {st.task.fitness_name} improvement in the last "
+                  f"{a['patience']} epochs (best epoch {st.best_epoch + 1})")
             break
     if st.numerics is not None:
         st.numerics.close()  # prints where the skipped steps were recorded, if any
-    print(f"{epoch + 1 - start} epochs completed in "
-          f"{(time.time() - t0) / 3600:.3f} hours.")
+    print(f"{epoch + 1 - start} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
     if a["plots"] and main:
         plot_results(st.save_dir / "results.csv")
     if best.is_file() and main:
-        best_model, _ = load_weights(best)
-        best_model.to(st.device)
-        print(f"Validating {best}...")
-        metrics = validate(best_model, st.val_loader, best_model.names, st.prec.autocast, None,
-                           a["conf"], a["iou"], a["max_det"], st.save_dir, a["save_json"],
-                           a["plots"], per_class=True, verbose=a["verbose"])
-        print(f"Speed: {metrics.speed['inference']:.1f} ms inference, "
-              f"{metrics.speed['postprocess']:.1f} ms postprocess per image")
+        metrics = _final_val(st, best)
     print(f"Results saved to {st.save_dir}")
     return TrainResult(st.save_dir, best, last, metrics, epoch + 1)
 
 
-def _results_row(epoch: int, elapsed: float, out: dict, m: ValResults | None,
-                 st: TrainState) -> dict[str, Any]:
-    nan = float("nan")
+def _results_row(epoch: int, elapsed: float, out: dict, m: Any, st: TrainState) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch + 1, "time": round(elapsed, 1)}
-    for k, v in zip(("box", "cls", "dfl"), out["loss"].tolist(), strict=True):
+    for k, v in zip(st.task.loss_names, out["loss"].tolist(), strict=True):
         row[f"train/{k}_loss"] = v
-    row["metrics/precision(B)"] = m.box.mp if m else nan
-    row["metrics/recall(B)"] = m.box.mr if m else nan
-    row["metrics/mAP50(B)"] = m.box.map50 if m else nan
-    row["metrics/mAP50-95(B)"] = m.box.map if m else nan
-    vl = m.loss.tolist() if m is not None and m.loss is not None else [nan] * 3
-    for k, v in zip(("box", "cls", "dfl"), vl, strict=True):
-        row[f"val/{k}_loss"] = v
+    row.update(st.task.metric_columns(m))
     for i, lr in enumerate(st.schedule.lrs()):
         row[f"lr/pg{i}"] = lr
     row["amp/scale"] = float(out["scale"])

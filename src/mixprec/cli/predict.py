@@ -11,11 +11,11 @@ KEYS = PREDICT_KEYS
 
 
 def run(config: dict[str, Any]) -> int:
+    from mixprec.hardware import select_device
     from mixprec.vision.model import Model
-    from mixprec.vision.precision_choice import select_device
 
     if not config["source"]:
-        raise SystemExit("mixprec predict: give source=path/to/image.jpg or a folder")
+        raise ValueError("give source=path/to/image.jpg or a folder")
     model = Model(config["model"])
     model.model.to(select_device(config["device"]))
     results = model.predict(config["source"], config["imgsz"], config["conf"], config["iou"],

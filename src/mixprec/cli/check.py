@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixprec.cliargs import Key
+from mixprec.keys import Key
 
 SUMMARY = ("Print this device's low-precision capabilities, the policy 'auto' chooses and why, "
            "and the result of the offline check_amp self-test.")
 KEYS = {
     "device": Key(None, "device to check: cpu, cuda, cuda:1 (default: cuda if available, else cpu)"),
-    "policy": Key("auto", "precision to self-test: a preset (16-mixed, bf16-mixed, ...) or auto"),
+    "precision": Key("auto", "precision to self-test: a preset (16-mixed, bf16-mixed, ...) or auto "
+                             "(old spelling: policy=)"),
     "emulate": Key(False, "self-test with emulated numerics (mixprec.emulate) instead of real dtypes"),
 }
 
@@ -31,6 +32,6 @@ def run(config: dict[str, Any]) -> int:
     print(f"native      bf16={info['bf16']}  fp16={info['fp16']}  fp8={info['fp8']}")
     policy, reason = auto_policy(info["device"])
     print(f"auto        {policy}: {reason}")
-    result = check_amp(info["device"], config["policy"], emulate=bool(config["emulate"]))
+    result = check_amp(info["device"], config["precision"], emulate=bool(config["emulate"]))
     print(result)
     return 0 if result.ok else 1

@@ -8,15 +8,11 @@ and writes ``doctor.json``, ``doctor.md`` and ``grad_hist.png`` to ``runs/doctor
 
 from __future__ import annotations
 
-import itertools
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from mixprec.cliargs import Key
+from mixprec._seed import seeded
+from mixprec.io import increment_path
+from mixprec.keys import Key
 
 __all__ = ["KEYS", "SUMMARY", "run"]
 
@@ -46,57 +42,6 @@ KEYS: dict[str, Key] = {
 }
 
 
-def _next_dir(project: str, name: str) -> Path:
-    base = Path(project)
-    for i in range(1, 10_000):
-        d = base / (name if i == 1 else f"{name}{i}")
-        if not d.exists():
-            return d
-    raise RuntimeError(f"no free run folder under {base}")
-
-
-def detector_setup(config: dict[str, Any]) -> tuple[torch.nn.Module, Iterator[Any], Any,
-                                                   torch.device]:
-    """(model, batches, forward(model, batch) -> loss, device) for a YOLO-style detector run.
-
-    The forward pass runs under the precision's autocast; the loss is computed in FP32 on the
-    head maps cast to FP32, as the trainer does."""
-    from mixprec.vision import Model
-    from mixprec.vision.data.config import load_data_config
-    from mixprec.vision.precision_choice import select_device
-
-    device = select_device(config["device"])
-    torch.manual_seed(int(config["seed"]))
-    data = load_data_config(config["data"], config["datasets_dir"])
-    src = str(config["model"])
-    m = Model(src, nc=None if src.endswith(".pt") else data.nc)
-    model = m.model.to(device)
-    loss_fn = m.loss()
-    imgsz = int(config["imgsz"])
-    if imgsz % 32:
-        raise ValueError(f"imgsz={imgsz} must be a multiple of 32 (the detector's largest stride)")
-    loader = m.dataloader(config["data"], "train", imgsz, int(config["batch"]), augment=True,
-                          workers=int(config["workers"]), seed=int(config["seed"]),
-                          datasets_dir=config["datasets_dir"])
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless training batches, epoch after epoch (new shuffles and augmentations)."""
-        for epoch in itertools.count():
-            loader.sampler.set_epoch(epoch)
-            if hasattr(loader.dataset, "set_epoch"):
-                loader.dataset.set_epoch(epoch)
-            for b in loader:
-                yield b["images"], b["targets"]
-
-    def forward(net: torch.nn.Module, batch: Any) -> torch.Tensor:
-        images, targets = batch
-        maps = net(images.to(device, non_blocking=True).float() / 255)
-        with torch.autocast(device.type, enabled=False):
-            return loss_fn([m.float() for m in maps], targets)[0]
-
-    return model, batches(), forward, device
-
-
 def _check(config: dict[str, Any]) -> None:
     """Fail fast, before building the model, on values that cannot work."""
     from mixprec.formats import get_format
@@ -112,27 +57,22 @@ def _check(config: dict[str, Any]) -> None:
 
 
 def run(config: dict[str, Any]) -> int:
-    try:
-        _check(config)
-    except ValueError as err:
-        print(f"mixprec doctor: {err}", file=sys.stderr)
-        return 2
-    return _run(config)
-
-
-def _run(config: dict[str, Any]) -> int:
     from mixprec.diagnose.run import diagnose
+    from mixprec.hardware import select_device
+    from mixprec.vision.workloads import doctor_workload
 
+    _check(config)  # a ValueError: one line on stderr, exit 2 (mixprec.cli.main)
     steps = int(config["steps"])
-    model, batches, forward, device = detector_setup(config)
-    report = diagnose(model, batches, forward=forward, precision=config["precision"],
-                      steps=steps, fmt=config["fmt"], lr=float(config["lr"]), device=device,
-                      emulate=bool(config["emulate"]), locate=bool(config["locate"]),
-                      margin_bits=int(config["margin"]), copy_model=False)
+    with seeded(int(config["seed"]), select_device(config["device"])):
+        model, batches, forward, device = doctor_workload(config)
+        report = diagnose(model, batches, forward=forward, precision=config["precision"],
+                          steps=steps, fmt=config["fmt"], lr=float(config["lr"]), device=device,
+                          emulate=bool(config["emulate"]), locate=bool(config["locate"]),
+                          margin_bits=int(config["margin"]), copy_model=False)
     report.context.update(model=str(config["model"]), data=str(config["data"]),
                           imgsz=int(config["imgsz"]), batch=int(config["batch"]))
     print(report.summary(top=int(config["top"])))
-    out = _next_dir(config["project"], config["name"])
+    out = increment_path(config["project"], config["name"])
     paths = report.save(out)
     print(f"\nreport: {paths['md']}  data: {paths['json']}  plot: {paths['png']}")
     return 0

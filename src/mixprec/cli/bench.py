@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from mixprec.cliargs import Key
 from mixprec.io import increment_path
+from mixprec.keys import Key
 
 SUMMARY = ("Measure step time, memory, energy, largest batch and convergence per precision, side "
            "by side (e.g. mixprec bench model=det-n.yaml imgsz=640 batch=16 device=cpu)")
@@ -21,8 +21,9 @@ KEYS: dict[str, Key] = {
     "data": Key(None, "dataset YAML for real batches (default: synthetic)"),
     "imgsz": Key(640, "image size in pixels"),
     "batch": Key(16, "batch size of the timed steps"),
-    "precisions": Key(["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master"],
-                      "comma-separated presets ('32' is always the baseline)", kind="list"),
+    "precision": Key(["32", "16-mixed", "bf16-mixed", "16-master", "bf16-master"],
+                     "comma-separated presets ('32' is always the baseline; old spelling: "
+                     "precisions=)", kind="list"),
     "steps": Key(20, "timed steps per precision"),
     "warmup": Key(3, "untimed warm-up steps per precision (memory is measured here)"),
     "repeats": Key(5, "timing rounds the steps are split into (median/min/max over them)"),
@@ -66,24 +67,27 @@ def run(config: dict[str, Any]) -> int:
     from mixprec.bench.runner import bench
     from mixprec.bench.tasks import resolve_task
 
-    try:
-        for key in ("imgsz", "batch", "steps", "warmup", "repeats", "max_batch", "seed"):
-            if not isinstance(config[key], int) or isinstance(config[key], bool):
-                raise ValueError(f"{key}={config[key]!r} must be an integer")
-        task = resolve_task(str(config["model"]), int(config["imgsz"]), config["data"])
-        device = None if config["device"] in (None, "") else str(config["device"])
-        precisions = [str(p) for p in config["precisions"]]
-        result = bench(
-            task.model_fn, task.batch_fn, task.loss_fn, precisions=precisions,
-            batch_size=config["batch"], steps=config["steps"], warmup=config["warmup"],
-            repeats=config["repeats"], device=device,
-            optimizer_fn=_optimizer_fn(config["optimizer"], config["lr"]), seed=config["seed"],
-            emulate=bool(config["emulate"]), budget=config["budget"],
-            max_batch=config["max_batch"], energy=bool(config["energy"]), model_name=task.name,
-            log=lambda msg: print(f"bench: {msg}", flush=True))
-    except ValueError as err:
-        print(f"mixprec bench: {err}")
-        return 2
+    for key in ("imgsz", "batch", "steps", "warmup", "repeats", "max_batch", "seed"):
+        if not isinstance(config[key], int) or isinstance(config[key], bool):
+            raise ValueError(f"{key}={config[key]!r} must be an integer")
+    spec = str(config["model"]).strip()
+    if spec.endswith((".yaml", ".yml")):  # a vision task's model: the task defines the workload
+        from mixprec.vision.workloads import bench_workload
+
+        task = bench_workload(spec, int(config["imgsz"]), config["data"])
+    else:
+        task = resolve_task(spec, int(config["imgsz"]), config["data"])
+    device = None if config["device"] in (None, "") else str(config["device"])
+    precisions = config["precision"]
+    precisions = [str(p) for p in (precisions if isinstance(precisions, list) else [precisions])]
+    result = bench(
+        task.model_fn, task.batch_fn, task.loss_fn, precisions=precisions,
+        batch_size=config["batch"], steps=config["steps"], warmup=config["warmup"],
+        repeats=config["repeats"], device=device,
+        optimizer_fn=_optimizer_fn(config["optimizer"], config["lr"]), seed=config["seed"],
+        emulate=bool(config["emulate"]), budget=config["budget"],
+        max_batch=config["max_batch"], energy=bool(config["energy"]), model_name=task.name,
+        log=lambda msg: print(f"bench: {msg}", flush=True))
     print(format_table(result))
     save_dir = increment_path(config["project"], config["name"], bool(config["exist_ok"]))
     paths = save_report(result, save_dir, plots=bool(config["plots"]))

@@ -1,1 +1,0 @@
-"""``mixprec train|val|predict`` command modules (see ``mixprec.cli``)."""
