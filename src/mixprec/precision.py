@@ -71,6 +71,25 @@ def _unscale_clip_and_check(grads: list[torch.Tensor], inv_scale: torch.Tensor, 
     return total
 
 
+def _emulated_backward(loss: torch.Tensor, policy: Policy, gradient: torch.Tensor | None = None,
+                       retain_graph: bool | None = None, create_graph: bool = False,
+                       inputs: Any = None) -> None:
+    """``loss.backward()`` inside the emulator's ``recomputation`` region, so forward code that
+    activation checkpointing re-runs during backward is emulated as the forward was.
+    ``Tensor.backward`` would dispatch through the emulator's torch-function mode and run with
+    the mode popped; torch's engine entry point (what ``torch.autograd.backward`` calls once
+    dispatch is done) keeps it on the stack."""
+    from torch.autograd.graph import _engine_run_backward
+
+    from mixprec.emulate.mode import recomputation
+
+    grad = torch.ones_like(loss) if gradient is None else gradient
+    inputs = () if inputs is None else ((inputs,) if torch.is_tensor(inputs) else tuple(inputs))
+    with recomputation(policy):
+        _engine_run_backward((loss,), (grad,), create_graph if retain_graph is None else retain_graph,
+                             create_graph, inputs, allow_unreachable=True, accumulate_grad=True)
+
+
 def _is_ddp(model: nn.Module) -> bool:
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
@@ -135,6 +154,7 @@ class Precision:
         self._backward_pending = False
         self._in_backward = False
         self._foreign_backward = False  # a plain loss.backward() accumulated into a gradient
+        self._unscaled_inf: torch.Tensor | None = None  # set by unscale_(), consumed by step()
         self._hooks: list[Any] = []
         self._model: nn.Module | None = None
         if self.device is not None:
@@ -227,9 +247,13 @@ class Precision:
                              "first (e.g. loss.mean())")
         ok = torch.isfinite(loss.detach()).reshape(())
         self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok.to(self._loss_ok.device)
+        scaled = self.scaler.scale_loss(loss.float())
         self._in_backward = True
         try:
-            self.scaler.scale_loss(loss.float()).backward(**kwargs)
+            if self.emulate and self.policy.compute_dtype != torch.float32:
+                _emulated_backward(scaled, self.policy, **kwargs)
+            else:
+                scaled.backward(**kwargs)
         finally:
             self._in_backward = False
         self._backward_pending = True
@@ -255,8 +279,9 @@ class Precision:
         Returns True when the optimizer stepped. A skipped step leaves parameters, optimizer
         state and the scheduler untouched. With ``max_norm``, unscaling and clipping share one
         pass over the gradients, and ``self.last_grad_norm`` holds the unscaled total norm (a
-        0-d FP32 tensor on the device; reading it synchronises). One host synchronisation (the
-        found-inf read).
+        0-d FP32 tensor on the device; reading it synchronises). After ``unscale_`` the gradients
+        are not unscaled again (nor is clipping fused). One host synchronisation (the found-inf
+        read).
         """
         if self.mode.wants_master_wrapper and not isinstance(optimizer, MasterWeights):
             raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
@@ -279,13 +304,14 @@ class Precision:
                                    "loss was not scaled: replace loss.backward() with "
                                    "prec.backward(loss)")
         device = grads[0].device if grads else (self.device or torch.device("cpu"))
-        found_inf = torch.zeros(1, dtype=torch.float32, device=device)
-        fused_clip = (max_norm is not None and bool(grads) and self.mode.fused_clip
+        unscaled, self._unscaled_inf = self._unscaled_inf, None
+        found_inf = unscaled if unscaled is not None else torch.zeros(1, dtype=torch.float32, device=device)
+        fused_clip = (unscaled is None and max_norm is not None and bool(grads) and self.mode.fused_clip
                       and all(g.device == device for g in grads))
         if fused_clip:
             self.last_grad_norm = _unscale_clip_and_check(grads, self.scaler.inv_scale(device),
                                                           max_norm, found_inf)
-        elif grads:
+        elif unscaled is None and grads:
             _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
         loss_ok, self._loss_ok = self._loss_ok, None
         flags = found_inf  # [found inf/NaN gradient, (if known) a loss was inf/NaN]
@@ -335,6 +361,26 @@ class Precision:
                 f"the backward pass overflows {dtype_name(self.policy.compute_dtype)} ({at}). Use "
                 "bf16-mixed where the device has BF16, or find the overflowing layer with mixprec "
                 "doctor")
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale the gradients in place now and record whether any is inf/NaN, as
+        ``torch.amp.GradScaler.unscale_`` does: for clipping or inspecting true gradients before
+        ``step``, which then neither unscales again nor fuses clipping. Once per step. No host
+        synchronisation."""
+        if self._unscaled_inf is not None:
+            raise RuntimeError("unscale_() was already called since the last step(): the gradients "
+                               "are unscaled; call step(optimizer) next")
+        if self.mode.wants_master_wrapper and not isinstance(optimizer, MasterWeights):
+            raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
+                             "returned by prec.setup(model, optimizer) to unscale_()")
+        if isinstance(optimizer, MasterWeights):
+            optimizer.collect_grads()
+        _, grads = self._grads(optimizer)
+        device = grads[0].device if grads else (self.device or torch.device("cpu"))
+        found_inf = torch.zeros(1, dtype=torch.float32, device=device)
+        if grads:
+            _unscale_and_check(grads, self.scaler.inv_scale(device), found_inf)
+        self._unscaled_inf = found_inf
 
     def _all_reduce(self, found_inf: torch.Tensor) -> torch.Tensor:
         dist = torch.distributed

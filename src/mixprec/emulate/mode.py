@@ -21,6 +21,7 @@ host, except that the first call of each function (and dtype pattern) is probed 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ class _Frame:
     fp8: bool
     autocast: bool               # mixed/master presets: autocast's FP32/promote rules apply
     rules: str
+    grad_mode_only: bool = False  # emulate only while grad mode is on (see ``recomputation``)
 
     @property
     def low(self) -> torch.dtype | None:
@@ -259,9 +261,11 @@ def _eligible(t: torch.Tensor) -> bool:
 class _EmulationMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        frames = _STATE.frames
+        # the frames of the thread that entered the region: autograd runs a CUDA backward (and
+        # a checkpoint's recomputation in it) on its own device thread, which inherits the mode
+        frames = getattr(self, "frames", None) or _STATE.frames
         frame = frames[-1] if frames else None
-        if frame is None or frame.fmt is None:
+        if frame is None or frame.fmt is None or (frame.grad_mode_only and not torch.is_grad_enabled()):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         if name in _META:
@@ -511,6 +515,7 @@ class emulate:
             for d, _ in st.saved_autocast:
                 torch.set_autocast_enabled(d, False)
             st.mode = _EmulationMode()
+            st.mode.frames = st.frames
             try:
                 st.mode.__enter__()
             except BaseException:
@@ -542,3 +547,14 @@ class emulate:
 
     def __repr__(self) -> str:
         return f"emulate({str(self.policy) if self.policy else None!r}, rules={self.rules!r})"
+
+
+def recomputation(policy: str | Policy | None, rules: str = "cuda") -> emulate:
+    """A region to run ``loss.backward()`` in, so that forward code recomputed during backward
+    (activation checkpointing: ``torch.utils.checkpoint``, which restores autocast but knows no
+    emulator) is emulated as the forward was. It emulates only where grad mode is on -- the
+    recomputation -- and leaves the backward itself (grad mode off: gradient hooks, custom
+    backward functions) as it runs outside any region. ``Precision.backward`` enters it."""
+    region = emulate(policy, rules=rules)
+    region._frame = dataclasses.replace(region._frame, grad_mode_only=True)
+    return region

@@ -66,6 +66,7 @@ LOOP_KEYS: dict[str, Key] = {
     "name": Key("train", "run name; train, train2, ... unless exist_ok"),
     "exist_ok": Key(False, "reuse the run folder if it exists"),
     "plots": Key(True, "write results.png and the task's validation plots"),
+    "tensorboard": Key(False, "TensorBoard event files in the run folder (scale, skips, losses, metrics)"),
     "datasets_dir": Key("datasets", "where built-in datasets are generated"),
     "verbose": Key(True, "print progress bars and tables"),
 }

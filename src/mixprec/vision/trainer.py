@@ -72,6 +72,7 @@ class TrainState:
     forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
     numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
     recovery: NanRecovery | None = None  # reload/stop after a run of inf/NaN losses (``train``)
+    last_losses: dict[str, float] | None = None  # the last batch's losses by name, for callbacks
 
 
 @dataclass
@@ -216,6 +217,7 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
             pending = 0
             scales.append(prec.scaler.scale)
         items = items.cpu()  # loss = f(items): its finiteness costs no extra sync
+        st.last_losses = dict(zip((f"{k}_loss" for k in task.loss_names), items.tolist(), strict=True))
         mean = (mean * i + items) / (i + 1)
         if rec is not None and not bool(torch.isfinite(items).all()):
             rec.on_nonfinite_loss(loss, inputs, outputs, targets, st.loss_fn,
@@ -347,6 +349,10 @@ def _run(st: TrainState, resume_ckpt: dict | None, callbacks: dict[str, Callable
     if resume_ckpt is not None:
         _restore(st, resume_ckpt)
     a, main = st.args, is_main_process()
+    if a["tensorboard"] and main:
+        from mixprec.vision.tensorboard import with_tensorboard
+
+        callbacks = with_tensorboard(st.save_dir, callbacks)
     if main:
         write_yaml(st.save_dir / "args.yaml", a)
     epochs = int(a["epochs"])
