@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mixprec.vision.backend import Backend, as_backend
 from mixprec.vision.data.augment import letterbox
 from mixprec.vision.data.config import IMAGE_SUFFIXES
 from mixprec.vision.plotting import annotate, save_image
@@ -64,28 +65,30 @@ def _sources(source: Any) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, source: Any, imgsz: int = 640, conf: float = 0.25,
+def predict(model: torch.nn.Module | Backend, source: Any, imgsz: int = 640, conf: float = 0.25,
             iou: float = 0.7, max_det: int = 300, save_dir: Path | None = None) -> list[Detections]:
     """Detect objects in ``source``; with ``save_dir``, also write annotated images there.
-    Runs FP32 on the model's device; one host synchronisation per image (NMS)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    head = model.head
+    ``model``: a module (runs FP32 on its device) or a backend (``mixprec.vision.backend``,
+    e.g. an ONNX model); one host synchronisation per image (NMS)."""
+    with as_backend(model) as run:
+        return _predict(run, source, imgsz, conf, iou, max_det, save_dir)
+
+
+def _predict(run: Backend, source: Any, imgsz: int, conf: float, iou: float, max_det: int,
+             save_dir: Path | None) -> list[Detections]:
+    device, head = run.device, run.head
     results = []
     for k, (path, img) in enumerate(_sources(source)):
         boxed, r, pad = letterbox(img, imgsz)
         x = torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device).float() / 255
-        det = non_max_suppression(model(x), head.stride, head.reg_max, head.nc, conf, iou,
+        det = non_max_suppression(run(x), head.stride, head.reg_max, head.nc, conf, iou,
                                   max_det)[0].cpu()
         h, w = img.shape[:2]
         boxes = scale_boxes(det[:, :4], (r, pad), (w, h))
         res = Detections(path, img, boxes.numpy(), det[:, 4].numpy(), det[:, 5].long().numpy(),
-                         dict(model.names))
+                         dict(run.names))
         if save_dir is not None:
             name = Path(path).name if path != "array" else f"image{k}.jpg"
             save_image(res.plot(), Path(save_dir) / name)
         results.append(res)
-    model.train(was_training)
     return results

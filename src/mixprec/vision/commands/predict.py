@@ -17,7 +17,8 @@ def run(config: dict[str, Any]) -> int:
     if not config["source"]:
         raise SystemExit("mixprec predict: give source=path/to/image.jpg or a folder")
     model = Model(config["model"])
-    model.model.to(select_device(config["device"]))
+    if model.model is not None:  # an .onnx runs through onnxruntime (mixprec.export)
+        model.model.to(select_device(config["device"]))
     results = model.predict(config["source"], config["imgsz"], config["conf"], config["iou"],
                             config["max_det"], config["save"], config["project"], config["name"],
                             config["exist_ok"])
