@@ -1,4 +1,4 @@
-"""The ``mixprec`` command: ``mixprec train|val|predict|bench|doctor|check key=value ...``.
+"""The ``mixprec`` command: ``mixprec train|val|predict|bench|doctor|check|export|benchmark key=value ...``.
 
 This is the only module that reads ``sys.argv``. Each command lives in its own module, which
 exposes ``KEYS`` (dict of ``mixprec.cliargs.Key``), ``SUMMARY`` (one line) and
@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "predict": "mixprec.vision.commands.predict",
     "bench": "mixprec.bench.command",
     "doctor": "mixprec.diagnose.command",
+    "export": "mixprec.export.commands.export",
+    "benchmark": "mixprec.export.commands.benchmark",
 }
 
 
