@@ -212,3 +212,35 @@ def test_static_size_mismatch_is_named(fp32_static):
 def test_onnx_model_refuses_training(fp32_static):
     with pytest.raises(ValueError, match="exported ONNX model"):
         Model(fp32_static).train(data="x.yaml")
+
+
+def test_benchmark_rows_and_files(tiny, tmp_path):
+    """pt and onnx rows: the same mAP (same pre/post-processing), latency and sizes filled,
+    benchmark.json and benchmark.md written; an unknown format is named."""
+    import json
+
+    from mixprec.export.benchmark import BenchmarkConfig, benchmark
+
+    cfg = BenchmarkConfig(model=str(tiny["pt"]), data=str(tiny["data"]), formats=("pt", "onnx"),
+                          images=2, warmup=1, rounds=1, threads=1, datasets_dir=str(tiny["root"]))
+    result = benchmark(cfg, tmp_path / "b", verbose=False)
+    rows = {r["format"]: r for r in result["rows"]}
+    assert rows["pt"]["status"] == rows["onnx"]["status"] == "ok"
+    assert rows["onnx"]["map"] == pytest.approx(rows["pt"]["map"], abs=1e-6)
+    assert rows["onnx"]["latency_ms"]["calls"] == 2 and rows["onnx"]["latency_ratio"] == 1.0
+    assert rows["onnx"]["size_bytes"] == Path(rows["onnx"]["file"]).stat().st_size
+    assert json.loads((tmp_path / "b" / "benchmark.json").read_text())["baseline"] == "onnx"
+    assert "| onnx | fp32 |" in (tmp_path / "b" / "benchmark.md").read_text()
+    with pytest.raises(ValueError, match="unknown \\['tflite'\\]"):
+        BenchmarkConfig(model="best.pt", data="d.yaml", formats=("pt", "tflite"))
+
+
+def test_export_command_names_bad_input(capsys):
+    from mixprec.cli import main
+
+    with pytest.raises(SystemExit, match="format='tflite' is not supported"):
+        main(["export", "model=missing.pt", "format=tflite"])
+    with pytest.raises(SystemExit, match="int8=True needs data="):
+        main(["export", "model=missing.pt", "int8=True"])
+    with pytest.raises(SystemExit, match="checkpoint not found: missing.pt"):
+        main(["export", "model=missing.pt"])
