@@ -109,7 +109,11 @@ class Model:
         if a["save_json"] or a["plots"]:
             save_dir = increment_path(a["project"], a["name"], a["exist_ok"])
             save_dir.mkdir(parents=True, exist_ok=True)
-        if self.backend is not None:
+        if self.backend is not None:  # onnxruntime: CUDA provider when the device is CUDA
+            if device.type != "cpu":
+                from mixprec.export import OnnxBackend
+
+                self.backend = OnnxBackend(self.source, str(device))
             runner, autocast = self.backend, None
         else:
             prec, _ = choose_precision(a["amp"], device, a["emulate"])

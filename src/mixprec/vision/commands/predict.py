@@ -17,8 +17,13 @@ def run(config: dict[str, Any]) -> int:
     if not config["source"]:
         raise SystemExit("mixprec predict: give source=path/to/image.jpg or a folder")
     model = Model(config["model"])
-    if model.model is not None:  # an .onnx runs through onnxruntime (mixprec.export)
-        model.model.to(select_device(config["device"]))
+    device = select_device(config["device"])
+    if model.model is not None:
+        model.model.to(device)
+    elif device.type != "cpu":  # an .onnx runs through onnxruntime: its CUDA provider
+        from mixprec.export import OnnxBackend
+
+        model.backend = OnnxBackend(config["model"], str(device))
     results = model.predict(config["source"], config["imgsz"], config["conf"], config["iou"],
                             config["max_det"], config["save"], config["project"], config["name"],
                             config["exist_ok"])
