@@ -39,6 +39,14 @@ def fp32_static(tiny) -> Path:
     return Model(tiny["pt"]).export(batch=2, file=str(tiny["root"] / "s.onnx"))
 
 
+@pytest.fixture
+def reuse_trace(monkeypatch, fp32_dynamic):
+    """Exports in this test reuse the dynamic FP32 trace (any batch, any size) instead of
+    tracing again: they test what follows the trace (calibration, checks, files), and the
+    trace itself is tested by the round trips above. Saves ~10 s of torch.export per test."""
+    monkeypatch.setattr(exporter_mod, "_torch_to_onnx", lambda *a, **k: onnx.load(str(fp32_dynamic)))
+
+
 def _ort(path: Path, x: torch.Tensor) -> list[np.ndarray]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -127,7 +135,7 @@ def test_calibration_indices_even_and_exact():
     assert calibration_indices(3, 0.01) == [0]
 
 
-def test_int8_calibrates_on_exactly_the_requested_images(tiny, monkeypatch):
+def test_int8_calibrates_on_exactly_the_requested_images(tiny, monkeypatch, reuse_trace):
     seen: list[np.ndarray] = []
     original = CalibrationReader.get_next
 
@@ -165,7 +173,7 @@ def test_int8_calibrates_on_exactly_the_requested_images(tiny, monkeypatch):
     assert "map_int8" in meta["check"]
 
 
-def test_failed_check_leaves_no_file_at_the_target(tiny, monkeypatch):
+def test_failed_check_leaves_no_file_at_the_target(tiny, monkeypatch, reuse_trace):
     monkeypatch.setitem(exporter_mod.TOLERANCE, "fp32", -1.0)  # nothing can pass
     target = tiny["root"] / "bad.onnx"
     with pytest.raises(ExportError, match="differ from PyTorch"):
@@ -214,7 +222,7 @@ def test_onnx_model_refuses_training(fp32_static):
         Model(fp32_static).train(data="x.yaml")
 
 
-def test_benchmark_rows_and_files(tiny, tmp_path):
+def test_benchmark_rows_and_files(tiny, tmp_path, reuse_trace):
     """pt and onnx rows: the same mAP (same pre/post-processing), latency and sizes filled,
     benchmark.json and benchmark.md written; an unknown format is named."""
     import json
