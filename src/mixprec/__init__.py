@@ -9,10 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mixprec._version import __version__
 from mixprec.formats import FORMATS, FloatFormat, round_to
 from mixprec.policy import PRESETS, Policy
-
-__version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access (PEP 562).
 _LAZY = {

@@ -18,7 +18,7 @@ SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "mixprec"
 
 
 def test_every_command_is_one_module_of_the_cli_package():
-    assert set(COMMANDS) == {"train", "val", "predict", "bench", "doctor", "check"}
+    assert set(COMMANDS) == {"train", "val", "predict", "bench", "doctor", "check", "export", "benchmark"}
     for name, module in COMMANDS.items():
         assert module == f"mixprec.cli.{name}"
         m = importlib.import_module(module)

@@ -1,4 +1,4 @@
-"""The ``mixprec`` command: ``mixprec train|val|predict|bench|doctor|check key=value ...``.
+"""The ``mixprec`` command: ``mixprec train|val|predict|bench|doctor|check|export|benchmark key=value ...``.
 
 The only module that reads ``sys.argv``. Each command is one module of this package exposing
 ``KEYS`` (dict of ``mixprec.keys.Key``; or ``keys(argv) -> dict`` when the keys depend on the
@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "bench": "mixprec.cli.bench",
     "doctor": "mixprec.cli.doctor",
     "check": "mixprec.cli.check",
+    "export": "mixprec.cli.export",
+    "benchmark": "mixprec.cli.benchmark",
 }
 
 

@@ -26,7 +26,13 @@ def run(config: dict[str, Any]) -> int:
     if not config["source"]:
         raise ValueError("give source=path/to/image.jpg or a folder")
     model = Model(config["model"])
-    model.model.to(select_device(config["device"]))
+    device = select_device(config["device"])
+    if model.model is not None:
+        model.model.to(device)
+    elif device.type != "cpu":  # an .onnx runs through onnxruntime: its CUDA provider
+        from mixprec.export import OnnxBackend
+
+        model.backend = OnnxBackend(config["model"], str(device))
     if getattr(model.task, "predict_keys", None):  # a task with its own keys runs its own predict
         return model.task.predict_command(model.model, config)
     results = model.predict(config["source"], config["imgsz"], config["conf"], config["iou"],

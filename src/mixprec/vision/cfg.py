@@ -41,16 +41,17 @@ TRAIN_KEYS: dict[str, Key] = train_keys("detect", DETECT_KEYS)
 VAL_KEYS: dict[str, Key] = {k: TRAIN_KEYS[k] for k in (
     "model", "data", "imgsz", "batch", "device", "workers", "amp", "precision", "emulate", "conf",
     "iou", "max_det", "save_json", "plots", "project", "name", "exist_ok", "datasets_dir", "verbose")}
-VAL_KEYS = {**VAL_KEYS, "model": Key("runs/detect/train/weights/best.pt", "a .pt checkpoint"),
+VAL_KEYS = {**VAL_KEYS, "model": Key("runs/detect/train/weights/best.pt",
+                                      "a .pt checkpoint or an exported .onnx"),
             "data": Key(None, "data YAML; None: the data the checkpoint was trained on"),
             "imgsz": Key(None, "image size; None: the checkpoint's training size"),
             "split": Key("val", "split to evaluate: val or test"),
             "name": Key("val", "run name; val, val2, ... unless exist_ok")}
 
 PREDICT_KEYS: dict[str, Key] = {
-    "model": Key("runs/detect/train/weights/best.pt", "a .pt checkpoint"),
+    "model": Key("runs/detect/train/weights/best.pt", "a .pt checkpoint or an exported .onnx"),
     "source": Key(None, "an image path or a folder of images"),
-    "imgsz": TRAIN_KEYS["imgsz"],
+    "imgsz": Key(None, "image size; None: an .onnx model's export size, else 640"),
     "conf": Key(0.25, "confidence threshold"),
     "iou": TRAIN_KEYS["iou"],
     "max_det": TRAIN_KEYS["max_det"],

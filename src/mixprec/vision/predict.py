@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mixprec.vision.backend import Backend, as_backend
 from mixprec.vision.data.augment import letterbox, read_rgb
 from mixprec.vision.data.config import IMAGE_SUFFIXES
 from mixprec.vision.plotting import annotate, save_image
@@ -67,17 +68,20 @@ def _read(item: Any) -> np.ndarray:
     return np.asarray(read_rgb(item))
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, source: Any, imgsz: int = 640, conf: float = 0.25,
+def predict(model: torch.nn.Module | Backend, source: Any, imgsz: int = 640, conf: float = 0.25,
             iou: float = 0.7, max_det: int = 300, save_dir: Path | None = None) -> list[Detections]:
     """Detect objects in ``source``; with ``save_dir``, also write annotated images there.
     Files are read one at a time with their EXIF orientation applied; in a folder or list an
     unreadable file is skipped with a warning (counted at the end); a single unreadable file
-    raises ValueError. Runs FP32 on the model's device; one host synchronisation per image (NMS)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    head = model.head
+    raises ValueError. ``model``: a module (runs FP32 on its device) or a backend
+    (``mixprec.vision.backend``, e.g. an ONNX model); one host synchronisation per image (NMS)."""
+    with as_backend(model) as run:
+        return _predict(run, source, imgsz, conf, iou, max_det, save_dir)
+
+
+def _predict(run: Backend, source: Any, imgsz: int, conf: float, iou: float, max_det: int,
+             save_dir: Path | None) -> list[Detections]:
+    device, head = run.device, run.head
     results: list[Detections] = []
     skipped: list[str] = []
     sources = _sources(source)
@@ -92,17 +96,16 @@ def predict(model: torch.nn.Module, source: Any, imgsz: int = 640, conf: float =
             continue
         boxed, r, pad = letterbox(img, imgsz)
         x = torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device).float() / 255
-        det = non_max_suppression(model(x), head.stride, head.reg_max, head.nc, conf, iou,
+        det = non_max_suppression(run(x), head.stride, head.reg_max, head.nc, conf, iou,
                                   max_det)[0].cpu()
         h, w = img.shape[:2]
         boxes = scale_boxes(det[:, :4], (r, pad), (w, h))
         res = Detections(path, img, boxes.numpy(), det[:, 4].numpy(), det[:, 5].long().numpy(),
-                         dict(model.names))
+                         dict(run.names))
         if save_dir is not None:
             name = Path(path).name if path != "array" else f"image{k}.jpg"
             save_image(res.plot(), Path(save_dir) / name)
         results.append(res)
-    model.train(was_training)
     if skipped:
         print(f"predict: {len(results)} images predicted, {len(skipped)} unreadable skipped")
     return results

@@ -4,7 +4,6 @@ annotated images."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mixprec.io import atomic_write_text
+from mixprec.vision.backend import Backend, as_backend
 from mixprec.vision.boxes import xywh2xyxy
 from mixprec.vision.metrics import (
     BoxMetrics,
@@ -59,18 +59,25 @@ def _table(names: dict[int, str], images: int, instances: int, m: BoxMetrics,
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: DataLoader, names: dict[int, str],
+def validate(model: torch.nn.Module | Backend, loader: DataLoader, names: dict[int, str],
              autocast: Callable[[], Any] | None = None, loss_fn: Callable | None = None,
              conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
              save_dir: Path | None = None, save_json: bool = False, plots: bool = False,
              per_class: bool = False, verbose: bool = True) -> ValResults:
-    """Evaluate ``model`` (eval mode inside, restored after) on ``loader`` (a non-augmented
-    loader from ``build_dataloader``). ``autocast``: a context factory such as
-    ``prec.autocast`` (None: FP32). Synchronises with the host once per batch (NMS)."""
-    was_training = model.training
-    model.eval()
-    head = model.head
-    device = next(model.parameters()).device
+    """Evaluate ``model`` (a module: eval mode inside, restored after; or a backend such as
+    ``mixprec.export.OnnxBackend``, see ``mixprec.vision.backend``) on ``loader`` (a
+    non-augmented loader from ``build_dataloader``). ``autocast``: a context factory such as
+    ``prec.autocast`` (None: FP32; ignored by non-torch backends). Synchronises with the host
+    once per batch (NMS)."""
+    with as_backend(model, autocast) as run:
+        return _validate(run, loader, names, loss_fn, conf, iou, max_det, save_dir, save_json,
+                         plots, per_class, verbose)
+
+
+def _validate(run: Backend, loader: DataLoader, names: dict[int, str], loss_fn: Callable | None,
+              conf: float, iou: float, max_det: int, save_dir: Path | None, save_json: bool,
+              plots: bool, per_class: bool, verbose: bool) -> ValResults:
+    head, device = run.head, run.device
     ds = loader.dataset
     images_meta, gt_labels, dets_orig, gts_orig, coco_dets = [], [], [], [], []
     losses, t_inf, t_post = [], 0.0, 0.0
@@ -78,8 +85,7 @@ def validate(model: torch.nn.Module, loader: DataLoader, names: dict[int, str],
     for batch in loader:
         x = batch["images"].to(device).float() / 255
         t0 = time.perf_counter()
-        with autocast() if autocast else contextlib.nullcontext():
-            maps = model(x)
+        maps = run(x)
         if loss_fn is not None:
             losses.append(loss_fn(maps, batch["targets"])[1].cpu().numpy())
         t1 = time.perf_counter()
@@ -126,7 +132,6 @@ def validate(model: torch.nn.Module, loader: DataLoader, names: dict[int, str],
                      {"inference": 1e3 * t_inf / n, "postprocess": 1e3 * t_post / n}, coco_dets)
     if verbose:
         print(_table(names, len(images_meta), int(n_inst.sum()), m, per_class))
-    model.train(was_training)
     return res
 
 

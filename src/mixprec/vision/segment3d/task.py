@@ -315,7 +315,7 @@ class Segment3DTask(Task):
         from mixprec.io import increment_path
 
         if not config["source"]:
-            raise SystemExit("mixprec predict: give source=case.nii.gz or a folder of volumes")
+            raise ValueError("give source=case.nii.gz or a folder of volumes")
         save_dir = None
         if config["save"]:
             save_dir = increment_path(config["project"], config["name"], bool(config["exist_ok"]))
