@@ -271,6 +271,17 @@ class Precision:
                     grads.append(q.grad.to_local() if hasattr(q.grad, "to_local") else q.grad)
         return params, grads
 
+    def _collect(self, optimizer: torch.optim.Optimizer,
+                 caller: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Parameters and gradients the step works on (FP32 master gradients under ``*-master``,
+        collected from the half model first); ``caller`` names the method in the misuse error."""
+        if self.mode.wants_master_wrapper and not isinstance(optimizer, MasterWeights):
+            raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
+                             f"returned by prec.setup(model, optimizer) to {caller}()")
+        if isinstance(optimizer, MasterWeights):
+            optimizer.collect_grads()
+        return self._grads(optimizer)
+
     def step(self, optimizer: torch.optim.Optimizer, max_norm: float | None = None,
              scheduler: Any = None) -> bool:
         """Unscale the gradients, clip them to ``max_norm`` (if given), check for inf/NaN,
@@ -283,12 +294,7 @@ class Precision:
         are not unscaled again (nor is clipping fused). One host synchronisation (the found-inf
         read).
         """
-        if self.mode.wants_master_wrapper and not isinstance(optimizer, MasterWeights):
-            raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
-                             "returned by prec.setup(model, optimizer) to step()")
-        if isinstance(optimizer, MasterWeights):
-            optimizer.collect_grads()
-        params, grads = self._grads(optimizer)
+        params, grads = self._collect(optimizer, "step")
         if self._foreign_backward:
             self._foreign_backward = False
             raise RuntimeError("a loss.backward() outside prec.backward(loss) added gradients since "
@@ -370,12 +376,7 @@ class Precision:
         if self._unscaled_inf is not None:
             raise RuntimeError("unscale_() was already called since the last step(): the gradients "
                                "are unscaled; call step(optimizer) next")
-        if self.mode.wants_master_wrapper and not isinstance(optimizer, MasterWeights):
-            raise ValueError(f"{self.policy} steps through MasterWeights: pass the optimizer "
-                             "returned by prec.setup(model, optimizer) to unscale_()")
-        if isinstance(optimizer, MasterWeights):
-            optimizer.collect_grads()
-        _, grads = self._grads(optimizer)
+        _, grads = self._collect(optimizer, "unscale_")
         device = grads[0].device if grads else (self.device or torch.device("cpu"))
         found_inf = torch.zeros(1, dtype=torch.float32, device=device)
         if grads:
