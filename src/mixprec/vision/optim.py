@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ModelEMA", "Schedule", "build_optimizer", "resolve_optimizer"]
+__all__ = ["ModelEMA", "Schedule", "build_optimizer", "resolve_optimizer", "resolve_warmup_bias_lr"]
 
 
 def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
@@ -34,6 +34,15 @@ def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
     lr = round(0.002 * 5 / (4 + nc), 6)
     return "AdamW", lr, 0.9, (f"'optimizer=auto' found, ignoring lr0 and momentum: AdamW(lr={lr}, "
                               f"momentum=0.9) for {iterations} iterations (<= 10,000), {nc} classes")
+
+
+def resolve_warmup_bias_lr(optimizer: str, warmup_bias_lr: float) -> float:
+    """The bias group's starting LR in warmup. ``optimizer=auto`` starts it at 0, as Ultralytics
+    does (its trainer sets ``warmup_bias_lr = 0.0`` when it resolves ``auto``): the auto rule
+    picks AdamW with lr ~1e-3 on short runs, and a bias LR of 0.1 there is ~100x the scheduled
+    LR, which throws every bias (BatchNorm shifts and the head's prior) far from its start in
+    the first steps. An explicit optimizer keeps the given value."""
+    return 0.0 if optimizer.lower() == "auto" else float(warmup_bias_lr)
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
@@ -76,8 +85,8 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
 
 class Schedule:
     """Per-step LR and momentum: during the first ``warmup`` steps the bias group's LR falls
-    from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and momentum rises
-    from ``warmup_momentum``; then ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to
+    from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and SGD momentum rises
+    from ``warmup_momentum`` (Adam's betas are left as built, as Ultralytics does); then ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to
     ``lrf`` over ``total`` steps. ``step()`` advances one taken optimizer step."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, lrf: float, total: int,
@@ -103,10 +112,8 @@ class Schedule:
             start = self.warmup_bias_lr if g.get("name") == "bias" else 0.0
             g["lr"] = start + (base - start) * w
             mom = self.warmup_momentum + (self.momentum - self.warmup_momentum) * w
-            if "momentum" in g:
+            if "momentum" in g and "betas" not in g:
                 g["momentum"] = mom
-            elif "betas" in g:
-                g["betas"] = (mom, g["betas"][1])
 
     def step(self) -> None:
         self.count += 1

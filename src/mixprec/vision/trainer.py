@@ -32,7 +32,13 @@ from mixprec.vision.data import AugmentConfig, DataConfig, build_dataloader, loa
 from mixprec.vision.loss import DetectionLoss
 from mixprec.vision.models import DetectionModel, load_model_yaml
 from mixprec.vision.numerics_record import NumericsRecord
-from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
+from mixprec.vision.optim import (
+    ModelEMA,
+    Schedule,
+    build_optimizer,
+    resolve_optimizer,
+    resolve_warmup_bias_lr,
+)
 from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
 from mixprec.vision.run import ResultsLog, increment_path, write_yaml
@@ -174,7 +180,8 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
     print(f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}")
     warmup = round(min(args["warmup_epochs"], max(int(args["epochs"]) - 1, 0)) * steps_per_epoch)
     schedule = Schedule(optimizer, lr0, args["lrf"], total, warmup, bool(args["cos_lr"]),
-                        args["warmup_bias_lr"], args["warmup_momentum"], momentum)
+                        resolve_warmup_bias_lr(args["optimizer"], args["warmup_bias_lr"]),
+                        args["warmup_momentum"], momentum)
     ema = ModelEMA(model)
     if save_dir is None:
         save_dir = dp.broadcast_object(increment_path(args["project"], args["name"],
