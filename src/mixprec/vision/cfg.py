@@ -11,7 +11,7 @@ from mixprec.cliargs import Key
 __all__ = ["PREDICT_KEYS", "TRAIN_KEYS", "VAL_KEYS", "check_keys"]
 
 TRAIN_KEYS: dict[str, Key] = {
-    "model": Key("det-n.yaml", "model YAML (det-n.yaml, det-s.yaml, a path) or a .pt checkpoint"),
+    "model": Key("det-n.yaml", "model YAML (det-n/det-s/det-v8n.yaml, a path) or a .pt checkpoint"),
     "data": Key("shapes8.yaml", "data YAML (YOLO format); shapes8.yaml/shapes.yaml are built in"),
     "epochs": Key(100, "number of epochs"),
     "imgsz": Key(640, "train/val image size (square, multiple of 32)"),
@@ -25,7 +25,7 @@ TRAIN_KEYS: dict[str, Key] = {
     "weight_decay": Key(0.0005, "weight decay, scaled by batch * accumulate / nbs"),
     "warmup_epochs": Key(3.0, "warmup length in epochs (at most epochs - 1)"),
     "warmup_momentum": Key(0.8, "momentum at the start of warmup"),
-    "warmup_bias_lr": Key(0.1, "bias learning rate at the start of warmup (0 with optimizer=auto, as Ultralytics)"),
+    "warmup_bias_lr": Key(0.1, "bias LR at the start of warmup (0 with optimizer=auto, as Ultralytics)"),
     "cos_lr": Key(False, "cosine learning-rate decay (else linear)"),
     "nbs": Key(64, "nominal batch size: gradients accumulate over round(nbs / batch) batches"),
     "max_norm": Key(10.0, "gradient clipping max norm (after unscaling)"),

@@ -85,8 +85,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
 
 class Schedule:
     """Per-step LR and momentum: during the first ``warmup`` steps the bias group's LR falls
-    from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and SGD momentum rises
-    from ``warmup_momentum`` (Adam's betas are left as built, as Ultralytics does); then ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to
+    from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and SGD momentum
+    rises from ``warmup_momentum`` (Adam's betas stay as built, as in Ultralytics); then
+    ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to
     ``lrf`` over ``total`` steps. ``step()`` advances one taken optimizer step."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, lrf: float, total: int,
