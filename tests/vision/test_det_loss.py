@@ -34,6 +34,30 @@ def test_dfl_is_minimal_at_the_target_distribution():
     assert dfl_loss(half, torch.full((1, 4), 2.5)).item() == pytest.approx(math.log(2), abs=1e-5)
 
 
+def test_dfl_floor_is_the_two_bin_entropy():
+    """Why DFL does not go to zero when overfitting: for a target ``l + f`` (0 < f < 1) its
+    minimum over all logits is the binary entropy H(f) = -(1-f) ln(1-f) - f ln f, reached by
+    putting mass 1-f on bin l and f on bin l+1 (the gradient vanishes there); averaged over
+    uniform f that floor is 0.5 nats per side. Reference: the hand formula."""
+    targets = torch.tensor([[2.3, 7.5, 0.9, 14.2]])
+    left, f = targets.floor().long(), targets - targets.floor()
+    logits = torch.full((1, 4, 16), -1e4)
+    logits.scatter_(-1, left[..., None], torch.log(1 - f)[..., None])
+    logits.scatter_(-1, left[..., None] + 1, torch.log(f)[..., None])
+    logits.requires_grad_(True)
+    floor = -((1 - f) * torch.log(1 - f) + f * torch.log(f)).mean(-1, keepdim=True)
+    loss = dfl_loss(logits, targets)
+    assert loss.item() == pytest.approx(floor.item(), abs=1e-5)
+    loss.sum().backward()
+    assert logits.grad.abs().max().item() < 1e-5  # a minimum, not just a value
+    torch.manual_seed(0)
+    for _ in range(5):
+        assert dfl_loss(logits.detach() + torch.randn(1, 4, 16) * 0.5, targets).item() > floor.item()
+    u = torch.linspace(1e-4, 1 - 1e-4, 100001)
+    mean_floor = -((1 - u) * torch.log(1 - u) + u * torch.log(u)).mean().item()
+    assert mean_floor == pytest.approx(0.5, abs=1e-3)
+
+
 def test_pad_targets_groups_boxes_per_image_in_pixels():
     t = torch.tensor([[1, 2, 0.5, 0.5, 0.5, 0.5], [0, 1, 0.25, 0.25, 0.5, 0.5],
                       [1, 0, 0.5, 0.5, 1.0, 1.0]])
