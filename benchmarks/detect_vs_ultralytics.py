@@ -86,6 +86,8 @@ def end(tr):
     st["dt"] = time.perf_counter() - st["t0"]; st["t"] += st["dt"]
     st["seen"] += len(tr.train_loader.dataset)
 def fit_end(tr):
+    if len(st["curve"]) >= cfg["epochs"]:  # the final re-validation of best.pt also lands here
+        return
     m = tr.metrics
     st["curve"].append({"epoch": tr.epoch + 1, "map": float(m.get("metrics/mAP50-95(B)", float("nan"))),
                         "map50": float(m.get("metrics/mAP50(B)", float("nan"))),
@@ -218,9 +220,9 @@ def main() -> int:
             code, python = (MIXPREC_CHILD, sys.executable) if tool == "mixprec" else \
                 (ULTRALYTICS_CHILD, a.ul_python)
             res = _run(python, code, cfg, env, out / f"{run}.stderr.log")
-            dets = []
+            preds, dets = res.pop("preds"), []
             for i, p in enumerate(cfg["val_images"]):
-                dets += coco_predictions(i + 1, np.array(res.pop("preds")[p], np.float64).reshape(-1, 6))
+                dets += coco_predictions(i + 1, np.array(preds[p], np.float64).reshape(-1, 6))
             map50, map_, _ = coco_evaluate(gt, dets)
             res.update(tool=tool, map50=map50, map=map_, wall_s=time.time() - t0)
             results[data_name][model] = res
