@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ModelEMA", "Schedule", "build_optimizer", "resolve_optimizer", "resolve_warmup_bias_lr"]
+__all__ = ["ModelEMA", "Schedule", "build_optimizer", "plan_steps", "resolve_optimizer",
+           "resolve_warmup_bias_lr", "warmup_accumulate"]
 
 
 def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
@@ -43,6 +44,31 @@ def resolve_warmup_bias_lr(optimizer: str, warmup_bias_lr: float) -> float:
     LR, which throws every bias (BatchNorm shifts and the head's prior) far from its start in
     the first steps. An explicit optimizer keeps the given value."""
     return 0.0 if optimizer.lower() == "auto" else float(warmup_bias_lr)
+
+
+def warmup_accumulate(iteration: int, warmup_iters: int, accumulate: int) -> int:
+    """Batches per optimizer step at ``iteration`` (0-based, over the whole run): during the first
+    ``warmup_iters`` batches it ramps linearly from 1 to ``accumulate`` (rounded), then stays
+    there, as Ultralytics does; early training thus takes more, smaller-batch steps."""
+    if warmup_iters <= 0 or iteration >= warmup_iters:
+        return accumulate
+    return max(1, round(1 + (accumulate - 1) * iteration / warmup_iters))
+
+
+def plan_steps(batches: int, epochs: int, accumulate: int, warmup_iters: int) -> tuple[int, int]:
+    """(optimizer steps within the warmup iterations, optimizer steps in the whole run) for
+    ``batches`` per epoch under the trainer's rule: step when ``warmup_accumulate`` batches are
+    pending, and always at the last batch of an epoch. Pure arithmetic, no tensors."""
+    warm = total = pending = 0
+    for epoch in range(epochs):
+        for i in range(batches):
+            ni = epoch * batches + i
+            pending += 1
+            if pending >= warmup_accumulate(ni, warmup_iters, accumulate) or i == batches - 1:
+                total += 1
+                warm += ni < warmup_iters
+                pending = 0
+    return warm, total
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,

@@ -36,8 +36,10 @@ from mixprec.vision.optim import (
     ModelEMA,
     Schedule,
     build_optimizer,
+    plan_steps,
     resolve_optimizer,
     resolve_warmup_bias_lr,
+    warmup_accumulate,
 )
 from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
@@ -71,6 +73,7 @@ class TrainState:
     scale_history: list[dict[str, Any]] = field(default_factory=list)
     forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
     numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
+    warmup_iters: int = 0  # batches over which ``accumulate`` ramps up from 1 (``warmup_accumulate``)
 
 
 @dataclass
@@ -164,8 +167,9 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
         train_loader = dp.shard_loader(train_loader, int(args["seed"]))
     nb = len(train_loader)
     accumulate = min(max(round(args["nbs"] / batch), 1), nb)
-    steps_per_epoch = math.ceil(nb / accumulate)
-    total = steps_per_epoch * int(args["epochs"])
+    # warmup in batches; accumulate ramps 1 -> accumulate over it (Ultralytics' rule)
+    warmup_iters = round(min(args["warmup_epochs"], max(int(args["epochs"]) - 1, 0)) * nb)
+    warmup, total = plan_steps(nb, int(args["epochs"]), accumulate, warmup_iters)
     opt_name, lr0, momentum, why = resolve_optimizer(
         args["optimizer"], args["lr0"], args["momentum"], data.nc,
         math.ceil(len(train_loader.dataset) / max(batch, args["nbs"])) * int(args["epochs"]))
@@ -178,7 +182,6 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
 
         forward = ddp(model, optimizer, prec, device_ids=[device.index] if device.type == "cuda" else None)
     print(f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}")
-    warmup = round(min(args["warmup_epochs"], max(int(args["epochs"]) - 1, 0)) * steps_per_epoch)
     schedule = Schedule(optimizer, lr0, args["lrf"], total, warmup, bool(args["cos_lr"]),
                         resolve_warmup_bias_lr(args["optimizer"], args["warmup_bias_lr"]),
                         args["warmup_momentum"], momentum)
@@ -192,7 +195,8 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
             "optimizer_resolved": opt_name, "lr0_resolved": lr0, "device_resolved": str(device),
             "world_size": world}
     return TrainState(args, data, model, loss_fn, prec, reason, optimizer, schedule, ema,
-                      train_loader, val_loader, accumulate, device, save_dir, forward=forward)
+                      train_loader, val_loader, accumulate, device, save_dir, forward=forward,
+                      warmup_iters=warmup_iters)
 
 
 def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None) -> dict:
@@ -214,7 +218,8 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
         loss, items = st.loss_fn(maps, batch["targets"])  # FP32 loss on FP32-cast head maps
         prec.backward(loss)
         pending += 1
-        if pending == st.accumulate or i == len(loader) - 1:
+        acc = warmup_accumulate(st.epoch * len(loader) + i, st.warmup_iters, st.accumulate)
+        if pending >= acc or i == len(loader) - 1:
             stepped = prec.step(opt, max_norm=st.args["max_norm"], scheduler=st.schedule)
             if stepped:
                 st.ema.update(model)
