@@ -79,8 +79,10 @@ def main() -> int:
             ev.params.maxDets = [1, 10, max_dets]
             ev.evaluate()
             ev.accumulate()
-            ev.summarize()
-        print(f"pycocotools, {max_dets} dets/image: mAP50 {ev.stats[1]:.4f}  mAP50-95 {ev.stats[0]:.4f}")
+        prec = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, class), all areas, max_dets
+        m = float(prec[prec > -1].mean())
+        m50 = float(prec[0][prec[0] > -1].mean())
+        print(f"pycocotools, {max_dets} dets/image: mAP50 {m50:.4f}  mAP50-95 {m:.4f}")
     if a.ul_python:
         out = subprocess.run([a.ul_python, "-c", ULTRALYTICS_SCORER, str(folder / "ground_truth.json"),
                               str(folder / "predictions.json")], capture_output=True, text=True,
