@@ -15,7 +15,6 @@ from mixprec.vision.optim import (
     build_optimizer,
     plan_steps,
     resolve_optimizer,
-    resolve_warmup_bias_lr,
     warmup_accumulate,
 )
 
@@ -109,11 +108,9 @@ def _groups_like(ref: nn.Module, opt: torch.optim.Optimizer, net: nn.Module):
     return [[index[id(p)] for p in g["params"]] for g in opt.param_groups]
 
 
-def test_auto_optimizer_starts_the_bias_lr_at_zero_and_leaves_adam_betas():
-    """Ultralytics sets warmup_bias_lr = 0 when it resolves optimizer=auto, and its warmup only
-    touches a group's 'momentum' (SGD), never Adam's betas."""
-    assert resolve_warmup_bias_lr("auto", 0.1) == 0.0
-    assert resolve_warmup_bias_lr("AdamW", 0.1) == 0.1 and resolve_warmup_bias_lr("SGD", 0.05) == 0.05
+def test_warmup_leaves_adam_betas_and_a_zero_bias_lr_starts_at_zero():
+    """As Ultralytics' warmup: it only touches a group's 'momentum' (SGD), never Adam's betas;
+    warmup_bias_lr=0 (what Ultralytics forces under optimizer=auto) ramps biases up from 0."""
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     opt = build_optimizer(net, "AdamW", 0.001, 0.9, 0.0)
     s = Schedule(opt, 0.001, 0.01, total=100, warmup=10, warmup_bias_lr=0.0, warmup_momentum=0.8,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["ModelEMA", "Schedule", "build_optimizer", "plan_steps", "resolve_optimizer",
-           "resolve_warmup_bias_lr", "warmup_accumulate"]
+           "warmup_accumulate"]
 
 
 def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
@@ -35,15 +35,6 @@ def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
     lr = round(0.002 * 5 / (4 + nc), 6)
     return "AdamW", lr, 0.9, (f"'optimizer=auto' found, ignoring lr0 and momentum: AdamW(lr={lr}, "
                               f"momentum=0.9) for {iterations} iterations (<= 10,000), {nc} classes")
-
-
-def resolve_warmup_bias_lr(optimizer: str, warmup_bias_lr: float) -> float:
-    """The bias group's starting LR in warmup. ``optimizer=auto`` starts it at 0, as Ultralytics
-    does (its trainer sets ``warmup_bias_lr = 0.0`` when it resolves ``auto``): the auto rule
-    picks AdamW with lr ~1e-3 on short runs, and a bias LR of 0.1 there is ~100x the scheduled
-    LR, which throws every bias (BatchNorm shifts and the head's prior) far from its start in
-    the first steps. An explicit optimizer keeps the given value."""
-    return 0.0 if optimizer.lower() == "auto" else float(warmup_bias_lr)
 
 
 def warmup_accumulate(iteration: int, warmup_iters: int, accumulate: int) -> int:

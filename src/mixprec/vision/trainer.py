@@ -38,7 +38,6 @@ from mixprec.vision.optim import (
     build_optimizer,
     plan_steps,
     resolve_optimizer,
-    resolve_warmup_bias_lr,
     warmup_accumulate,
 )
 from mixprec.vision.plotting import plot_results
@@ -183,8 +182,7 @@ def build(args: dict[str, Any], model: DetectionModel | None = None,
         forward = ddp(model, optimizer, prec, device_ids=[device.index] if device.type == "cuda" else None)
     print(f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}")
     schedule = Schedule(optimizer, lr0, args["lrf"], total, warmup, bool(args["cos_lr"]),
-                        resolve_warmup_bias_lr(args["optimizer"], args["warmup_bias_lr"]),
-                        args["warmup_momentum"], momentum)
+                        args["warmup_bias_lr"], args["warmup_momentum"], momentum)
     ema = ModelEMA(model)
     if save_dir is None:
         save_dir = dp.broadcast_object(increment_path(args["project"], args["name"],
