@@ -22,10 +22,10 @@ def test_det_n_size_strides_and_outputs():
 
 
 def test_box_branch_widths_per_level():
-    """det-n narrows the box branch where maps are largest; det-s keeps YOLOv8's single width;
+    """det-n lists its box widths per level (64 each, as YOLOv8n); det-s keeps YOLOv8's rule;
     a wrong width list names the problem."""
     widths = [b[0].conv.out_channels for b in DetectionModel("det-n.yaml").head.box]
-    assert widths == [16, 32, 64]
+    assert widths == [64, 64, 64]
     assert [b[0].conv.out_channels for b in DetectionModel("det-s.yaml").head.box] == [64] * 3
     cfg = load_model_yaml("det-n.yaml")
     cfg["head"][-1][3] = ["nc", 16, [16, 32]]
