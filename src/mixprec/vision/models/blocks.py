@@ -106,7 +106,7 @@ class Detect(nn.Module):
     branch (``cls_head="dw"``: depthwise-separable convs, as YOLO11; ``"v8"``: two 3x3 Conv-BN-SiLU
     of ``max(ch[0], min(nc, 100))`` channels, as YOLOv8 -> ``nc`` logits). ``box_ch`` defaults to YOLOv8's
     ``max(16, ch[0] // 4, 4 * reg_max)`` at every level; a YAML may narrow it where the maps are
-    largest (see det-n.yaml). ``forward`` returns one raw map per level, shape (B, 4*reg_max + nc, H, W),
+    largest. ``forward`` returns one raw map per level, shape (B, 4*reg_max + nc, H, W),
     in the compute dtype; decoding lives in ``mixprec.vision.boxes.decode``.
     """
 
