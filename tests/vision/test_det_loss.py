@@ -34,6 +34,30 @@ def test_dfl_is_minimal_at_the_target_distribution():
     assert dfl_loss(half, torch.full((1, 4), 2.5)).item() == pytest.approx(math.log(2), abs=1e-5)
 
 
+def test_dfl_floor_is_the_two_bin_entropy():
+    """Why DFL does not go to zero when overfitting: for a target ``l + f`` (0 < f < 1) its
+    minimum over all logits is the binary entropy H(f) = -(1-f) ln(1-f) - f ln f, reached by
+    putting mass 1-f on bin l and f on bin l+1 (the gradient vanishes there); averaged over
+    uniform f that floor is 0.5 nats per side. Reference: the hand formula."""
+    targets = torch.tensor([[2.3, 7.5, 0.9, 14.2]])
+    left, f = targets.floor().long(), targets - targets.floor()
+    logits = torch.full((1, 4, 16), -1e4)
+    logits.scatter_(-1, left[..., None], torch.log(1 - f)[..., None])
+    logits.scatter_(-1, left[..., None] + 1, torch.log(f)[..., None])
+    logits.requires_grad_(True)
+    floor = -((1 - f) * torch.log(1 - f) + f * torch.log(f)).mean(-1, keepdim=True)
+    loss = dfl_loss(logits, targets)
+    assert loss.item() == pytest.approx(floor.item(), abs=1e-5)
+    loss.sum().backward()
+    assert logits.grad.abs().max().item() < 1e-5  # a minimum, not just a value
+    torch.manual_seed(0)
+    for _ in range(5):
+        assert dfl_loss(logits.detach() + torch.randn(1, 4, 16) * 0.5, targets).item() > floor.item()
+    u = torch.linspace(1e-4, 1 - 1e-4, 100001)
+    mean_floor = -((1 - u) * torch.log(1 - u) + u * torch.log(u)).mean().item()
+    assert mean_floor == pytest.approx(0.5, abs=1e-3)
+
+
 def test_pad_targets_groups_boxes_per_image_in_pixels():
     t = torch.tensor([[1, 2, 0.5, 0.5, 0.5, 0.5], [0, 1, 0.25, 0.25, 0.5, 0.5],
                       [1, 0, 0.5, 0.5, 1.0, 1.0]])
@@ -121,3 +145,41 @@ def test_loss_decreases_when_fitting_one_batch():
     first, last = items[0], torch.stack(items[-20:]).mean(0)
     # measured over seeds 0-5 on two CPU kernel paths: box 0.22-0.36x, cls 0.18-0.23x
     assert last[0] < 0.5 * first[0] and last[1] < 0.5 * first[1], (first, last)
+
+
+def test_assigner_overlap_is_complete_iou_like_torchvision():
+    """One anchor, one box: the target score is the box's best positive overlap, i.e. the CIoU
+    of prediction and truth (clamped at 0), as torchvision.ops.complete_box_iou computes it."""
+    from torchvision.ops import complete_box_iou
+
+    points = torch.tensor([[20.0, 20.0]])
+    gt = torch.tensor([[[8.0, 10, 36, 30]]])
+    pred = torch.tensor([[[16.0, 6, 36, 34]]])  # other aspect ratio and centre: CIoU < IoU
+    one = torch.ones(1, 1, 1, dtype=torch.bool)
+    assign = TaskAlignedAssigner(nc=1, topk=1)(torch.full((1, 1, 1), 0.7), pred, points,
+                                               torch.zeros(1, 1, 1), gt, one)
+    ref = complete_box_iou(gt[0], pred[0]).clamp(min=0).item()
+    assert ref < bbox_iou(gt[0, 0], pred[0, 0]).item() - 0.01  # the two differ here
+    assert assign.scores[0, 0, 0].item() == pytest.approx(ref, abs=1e-5)
+    plain = TaskAlignedAssigner(nc=1, topk=1, ciou=False)(
+        torch.full((1, 1, 1), 0.7), pred, points, torch.zeros(1, 1, 1), gt, one)
+    assert plain.scores[0, 0, 0].item() == pytest.approx(bbox_iou(gt[0, 0], pred[0, 0]).item(), abs=1e-5)
+
+
+def test_target_scale_is_the_best_overlap_among_positives_only():
+    """topk=1; anchor A predicts the box exactly (overlap 1) but with class probability 1e-6, so
+    its alignment 1e-3 loses to anchor B (p=0.9, IoU 0.8): B is the only positive and its target
+    is B's own overlap (hand value: CIoU of B), not A's 1.0 (TOOD/Ultralytics normalisation)."""
+    points = torch.tensor([[16.0, 16.0], [24.0, 16.0]])
+    gt = torch.tensor([[[0.0, 0, 40, 32]]])
+    pred = torch.tensor([[[0.0, 0, 40, 32], [0.0, 0, 32, 32]]])  # B: IoU 32*32/(40*32) = 0.8
+    scores = torch.tensor([[[1e-6], [0.9]]])
+    assign = TaskAlignedAssigner(nc=1, topk=1)(scores, pred, points, torch.zeros(1, 1, 1), gt,
+                                               torch.ones(1, 1, 1, dtype=torch.bool))
+    assert assign.fg[0].tolist() == [False, True]
+    # CIoU(B) by hand: IoU 0.8; centres 4 px apart in x, enclosing box 40x32 (diag^2 = 2624);
+    # aspect term v = 4/pi^2 (atan(1) - atan(40/32))^2, alpha = v / (v - 0.8 + 1)
+    v = 4 / math.pi ** 2 * (math.atan(1.0) - math.atan(40 / 32)) ** 2
+    ciou_b = 0.8 - 16 / 2624 - v * v / (v + 0.2)
+    assert assign.scores[0, 1, 0].item() == pytest.approx(ciou_b, abs=1e-5)
+    assert assign.scores[0, 0, 0].item() == 0.0

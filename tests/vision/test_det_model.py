@@ -24,10 +24,10 @@ def test_det_n_size_strides_and_outputs():
 
 
 def test_box_branch_widths_per_level():
-    """det-n narrows the box branch where maps are largest; det-s keeps YOLOv8's single width;
+    """det-n lists its box widths per level (64 each, as YOLOv8n); det-s keeps YOLOv8's rule;
     a wrong width list names the problem."""
     widths = [b[0].conv.out_channels for b in DetectionModel("det-n.yaml").head.box]
-    assert widths == [16, 32, 64]
+    assert widths == [64, 64, 64]
     assert [b[0].conv.out_channels for b in DetectionModel("det-s.yaml").head.box] == [64] * 3
     cfg = load_model_yaml("det-n.yaml")
     cfg["head"][-1][3] = ["nc", 16, [16, 32]]
@@ -64,3 +64,26 @@ def test_amp_key_maps_to_precision_policies():
     assert str(policy) == "bf16-master" and "preset requested" in reason
     with pytest.raises(ValueError):
         choose_precision("17-mixed", cpu)
+
+
+# Ultralytics 8.4.190, YOLO("yolov8n.yaml").model.model: parameters per layer at 80 classes
+# (its model summary: 3,157,200 parameters, 3,157,184 gradients). The Detect layer (22) holds
+# 16 more there: the frozen weights of its DFL projection conv, a fixed arange here.
+YOLOV8N_LAYER_PARAMS = [464, 4672, 7360, 18560, 49664, 73984, 197632, 295424, 460288, 164608, 0, 0,
+                        148224, 0, 0, 37248, 36992, 0, 123648, 147712, 0, 493056, 897664]
+
+
+def test_det_v8n_is_yolov8n_layer_for_layer():
+    model = DetectionModel("det-v8n.yaml")
+    per_layer = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
+    reg_max = model.head.reg_max
+    assert per_layer == [*YOLOV8N_LAYER_PARAMS[:-1], YOLOV8N_LAYER_PARAMS[-1] - reg_max]
+    assert sum(per_layer) + reg_max == 3_157_200
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {(m.momentum, m.eps) for m in bns} == {(0.03, 1e-3)}  # YOLOv8's initialize_weights
+    assert [b[0].conv.out_channels for b in model.head.box] == [64] * 3
+    assert [c[0].conv.kernel_size for c in model.head.cls] == [(3, 3)] * 3  # full 3x3, not depthwise
+    with pytest.raises(ValueError, match="cls_head"):
+        cfg = load_model_yaml("det-v8n.yaml")
+        cfg["head"][-1][3] = ["nc", 16, None, "v9"]
+        DetectionModel(cfg)

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from mixprec.precision import Precision
-from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
+from mixprec.vision.optim import (
+    ModelEMA,
+    Schedule,
+    build_optimizer,
+    plan_steps,
+    resolve_optimizer,
+    warmup_accumulate,
+)
 
 
 def test_groups_decay_only_weights():
@@ -99,3 +106,30 @@ def test_optimizer_follows_the_reference_update(name):
 def _groups_like(ref: nn.Module, opt: torch.optim.Optimizer, net: nn.Module):
     index = {id(p): q for p, q in zip(net.parameters(), ref.parameters(), strict=True)}
     return [[index[id(p)] for p in g["params"]] for g in opt.param_groups]
+
+
+def test_warmup_leaves_adam_betas_and_a_zero_bias_lr_starts_at_zero():
+    """As Ultralytics' warmup: it only touches a group's 'momentum' (SGD), never Adam's betas;
+    warmup_bias_lr=0 (what Ultralytics forces under optimizer=auto) ramps biases up from 0."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    opt = build_optimizer(net, "AdamW", 0.001, 0.9, 0.0)
+    s = Schedule(opt, 0.001, 0.01, total=100, warmup=10, warmup_bias_lr=0.0, warmup_momentum=0.8,
+                 momentum=0.9)
+    assert s.lrs() == [0.0, 0.0, 0.0]
+    s.step()
+    assert all(g["betas"] == (0.9, 0.999) for g in opt.param_groups)
+    assert s.lrs()[2] == pytest.approx(0.001 * ((1 - 1 / 100) * 0.99 + 0.01) / 10)
+
+
+def test_accumulate_ramps_from_one_during_warmup():
+    """Hand values of round(1 + (acc - 1) * ni / nw) (Python's round, half to even, as numpy's)."""
+    assert [warmup_accumulate(ni, 75, 4) for ni in (0, 12, 13, 37, 38, 62, 63, 74, 75, 500)] == \
+        [1, 1, 2, 2, 3, 3, 4, 4, 4, 4]
+    assert warmup_accumulate(5, 0, 4) == 4  # no warmup: fixed accumulation
+    # 4 batches per epoch, 2 epochs, accumulate 4, warmup over the first 4 batches:
+    # ni 0 (acc 1) steps; ni 1 (acc 2) waits; ni 2 (acc 2) steps; ni 3 is the epoch's last: steps;
+    # epoch 2 (acc 4) steps only at its last batch -> 3 steps in warmup, 4 in all
+    assert plan_steps(4, 2, 4, 4) == (3, 4)
+    assert plan_steps(25, 12, 4, 0) == (0, 12 * 7)  # no warmup: ceil(25 / 4) per epoch
+    warm, total = plan_steps(25, 12, 4, 75)  # 400 images, batch 16, nbs 64, 3 warmup epochs
+    assert warm > 21 and total > 12 * 7  # more, smaller steps early than without the ramp

@@ -50,6 +50,9 @@ def test_training_writes_every_run_artefact(shapes8_run):
     ckpt = load_checkpoint(d / "weights" / "last.pt")  # weights_only=True
     assert {"model", "train", "epoch", "args"} <= set(ckpt)
     assert {"optimizer", "precision", "schedule"} <= set(ckpt["train"])
+    # 2 batches per epoch, accumulate 2 ramping from 1 over the first epoch: steps at batch 0
+    # (accumulate 1) and 1 (epoch end), then at the end of epoch 2 -> 3 optimizer steps
+    assert ckpt["train"]["schedule"]["count"] == 3
     assert ckpt["model"]["state_dict"]["layers.0.conv.weight"].dtype == torch.float32
 
 

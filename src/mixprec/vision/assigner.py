@@ -1,10 +1,12 @@
 """Task-aligned assignment (TOOD, Feng et al. 2021), as used by anchor-free YOLO detectors.
 
 For each ground-truth box, the candidate anchors are those whose centre lies inside the box;
-each candidate gets an alignment score ``cls_prob ** alpha * IoU ** beta`` and the ``topk`` best
-become positives. An anchor claimed by several boxes keeps the box it overlaps most. Target
-class scores are the one-hot class times the alignment, normalised so that the best anchor of
-each box gets that box's best IoU. FP32 throughout; no host synchronisation.
+each candidate gets an alignment score ``cls_prob ** alpha * overlap ** beta`` and the ``topk``
+best become positives. ``overlap`` is the Complete-IoU of the predicted and the true box, clamped
+at 0 (as Ultralytics' assigner; plain IoU with ``ciou=False``). An anchor claimed by several boxes
+keeps the box it overlaps most. Target class scores are the one-hot class times the alignment,
+normalised so that each box's best positive anchor gets the best overlap *among that box's
+positives*. FP32 throughout; no host synchronisation.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ class Assignment:
 
 class TaskAlignedAssigner:
     def __init__(self, nc: int, topk: int = 10, alpha: float = 0.5, beta: float = 6.0,
-                 eps: float = 1e-9):
+                 eps: float = 1e-9, ciou: bool = True):
         self.nc, self.topk, self.alpha, self.beta, self.eps = nc, topk, alpha, beta, eps
+        self.ciou = ciou
 
     @torch.no_grad()
     def __call__(self, pred_scores: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor,
@@ -56,7 +59,7 @@ class TaskAlignedAssigner:
         # alignment metric (B, M, A)
         labels = gt_labels.long().squeeze(-1).clamp(0, nc - 1)  # (B, M)
         cls_prob = pred_scores.gather(2, labels[:, None, :].expand(b, a, m)).transpose(1, 2)
-        iou = bbox_iou(gt_boxes[:, :, None], pred_boxes[:, None], ciou=False).squeeze(-1).clamp(0)
+        iou = bbox_iou(gt_boxes[:, :, None], pred_boxes[:, None], ciou=self.ciou).squeeze(-1).clamp(0)
         iou = torch.where(valid, iou, torch.zeros_like(iou))
         align = torch.where(valid, cls_prob.pow(self.alpha) * iou.pow(self.beta),
                             torch.zeros_like(iou))
@@ -78,8 +81,11 @@ class TaskAlignedAssigner:
         t_labels = labels.reshape(-1)[flat].view(b, a)
         t_scores = torch.nn.functional.one_hot(t_labels, nc).float()
         t_scores = t_scores * fg[..., None]
-        # normalise the alignment so each box's best anchor gets its best IoU
+        # normalise the alignment so each box's best anchor gets the best overlap among its
+        # positives (not among all candidates: a high-IoU anchor left out of the top-k by its
+        # class score must not set the scale)
         align = align * pos
-        norm = (align * iou.amax(-1, keepdim=True) / (align.amax(-1, keepdim=True) + self.eps))
+        best_pos_iou = (iou * pos).amax(-1, keepdim=True)
+        norm = (align * best_pos_iou / (align.amax(-1, keepdim=True) + self.eps))
         t_scores = t_scores * norm.amax(1)[..., None]
         return Assignment(t_boxes, t_scores, fg, gt_index)

@@ -11,7 +11,7 @@ __all__ = ["DETECT_KEYS", "PREDICT_KEYS", "TRAIN_KEYS", "VAL_KEYS", "check_keys"
 
 #: detection's own train keys (the loop adds LOOP_KEYS)
 DETECT_KEYS: dict[str, Key] = {
-    "model": Key("det-n.yaml", "model YAML (det-n.yaml, det-s.yaml, a path) or a .pt checkpoint"),
+    "model": Key("det-n.yaml", "model YAML (det-n/det-s/det-v8n.yaml, a path) or a .pt checkpoint"),
     "data": Key("shapes8.yaml", "data YAML (YOLO format); shapes8.yaml/shapes.yaml are built in"),
     "imgsz": Key(640, "train/val image size (square, multiple of 32)"),
     "batch": Key(16, "images per batch; -1 picks the largest batch that fits (mixprec.bench)"),

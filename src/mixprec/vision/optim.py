@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ModelEMA", "Schedule", "build_optimizer", "resolve_optimizer"]
+__all__ = ["ModelEMA", "Schedule", "build_optimizer", "plan_steps", "resolve_optimizer",
+           "warmup_accumulate"]
 
 
 def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
@@ -35,6 +36,31 @@ def resolve_optimizer(name: str, lr0: float, momentum: float, nc: int,
     lr = round(0.002 * 5 / (4 + nc), 6)
     return "AdamW", lr, 0.9, (f"'optimizer=auto' found, ignoring lr0 and momentum: AdamW(lr={lr}, "
                               f"momentum=0.9) for {iterations} iterations (<= 10,000), {nc} classes")
+
+
+def warmup_accumulate(iteration: int, warmup_iters: int, accumulate: int) -> int:
+    """Batches per optimizer step at ``iteration`` (0-based, over the whole run): during the first
+    ``warmup_iters`` batches it ramps linearly from 1 to ``accumulate`` (rounded), then stays
+    there, as Ultralytics does; early training thus takes more, smaller-batch steps."""
+    if warmup_iters <= 0 or iteration >= warmup_iters:
+        return accumulate
+    return max(1, round(1 + (accumulate - 1) * iteration / warmup_iters))
+
+
+def plan_steps(batches: int, epochs: int, accumulate: int, warmup_iters: int) -> tuple[int, int]:
+    """(optimizer steps within the warmup iterations, optimizer steps in the whole run) for
+    ``batches`` per epoch under the trainer's rule: step when ``warmup_accumulate`` batches are
+    pending, and always at the last batch of an epoch. Pure arithmetic, no tensors."""
+    warm = total = pending = 0
+    for epoch in range(epochs):
+        for i in range(batches):
+            ni = epoch * batches + i
+            pending += 1
+            if pending >= warmup_accumulate(ni, warmup_iters, accumulate) or i == batches - 1:
+                total += 1
+                warm += ni < warmup_iters
+                pending = 0
+    return warm, total
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
@@ -77,10 +103,11 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
 
 class Schedule:
     """Per-step LR and momentum: during the first ``warmup`` steps the bias group's LR falls
-    from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and momentum rises
-    from ``warmup_momentum``; then ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to
-    ``lrf`` over ``total`` steps, or ``f = decay`` when given (a task's own decay, e.g. poly).
-    ``step()`` advances one taken optimizer step."""
+    from ``warmup_bias_lr`` and the others rise from 0 to the scheduled LR, and SGD momentum
+    rises from ``warmup_momentum`` (Adam's betas stay as built, as in Ultralytics); then
+    ``lr0 * f(t)`` with ``f`` cosine or linear from 1 to ``lrf`` over ``total`` steps, or
+    ``f = decay`` when given (a task's own decay, e.g. poly). ``step()`` advances one taken
+    optimizer step."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, lrf: float, total: int,
                  warmup: int, cos: bool = False, warmup_bias_lr: float = 0.1,
@@ -109,10 +136,8 @@ class Schedule:
             start = self.warmup_bias_lr if g.get("name") == "bias" else 0.0
             g["lr"] = start + (base - start) * w
             mom = self.warmup_momentum + (self.momentum - self.warmup_momentum) * w
-            if "momentum" in g:
+            if "momentum" in g and "betas" not in g:
                 g["momentum"] = mom
-            elif "betas" in g:
-                g["betas"] = (mom, g["betas"][1])
 
     def step(self) -> None:
         self.count += 1

@@ -13,15 +13,21 @@ __all__ = ["non_max_suppression", "scale_boxes"]
 
 def non_max_suppression(maps: list[torch.Tensor], strides: torch.Tensor, reg_max: int, nc: int,
                         conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
-                        max_candidates: int = 10000) -> list[torch.Tensor]:
+                        max_candidates: int = 10000, multi_label: bool = False) -> list[torch.Tensor]:
     """One FP32 tensor (n, 6) ``[x1, y1, x2, y2, score, class]`` per image, in input pixels,
-    best first. Each anchor votes for its best class. Synchronises with the host (NMS)."""
+    best first. Each anchor votes for its best class, or with ``multi_label`` for every class
+    whose probability exceeds ``conf`` (one candidate per anchor and class, as Ultralytics'
+    validator scores). Synchronises with the host (NMS)."""
     boxes, probs = decode(maps, strides, reg_max, nc)
     out = []
     for b, p in zip(boxes, probs, strict=True):
-        score, cls = p.max(1)
-        keep = score > conf
-        b, score, cls = b[keep], score[keep], cls[keep]
+        if multi_label and nc > 1:
+            anchor, cls = (p > conf).nonzero(as_tuple=True)
+            b, score = b[anchor], p[anchor, cls]
+        else:
+            score, cls = p.max(1)
+            keep = score > conf
+            b, score, cls = b[keep], score[keep], cls[keep]
         if len(score) > max_candidates:
             top = score.topk(max_candidates).indices
             b, score, cls = b[top], score[top], cls[top]

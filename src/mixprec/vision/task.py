@@ -46,7 +46,7 @@ LOOP_KEYS: dict[str, Key] = {
     "weight_decay": Key(0.0005, "weight decay, scaled by batch * accumulate / nbs"),
     "warmup_epochs": Key(3.0, "warmup length in epochs (at most epochs - 1)"),
     "warmup_momentum": Key(0.8, "momentum at the start of warmup"),
-    "warmup_bias_lr": Key(0.1, "bias learning rate at the start of warmup"),
+    "warmup_bias_lr": Key(0.1, "bias LR at the start of warmup (Ultralytics forces 0 with auto)"),
     "cos_lr": Key(False, "cosine learning-rate decay (else linear)"),
     "nbs": Key(64, "nominal batch size: gradients accumulate over round(nbs / batch) batches"),
     "max_norm": Key(10.0, "gradient clipping max norm (after unscaling)"),

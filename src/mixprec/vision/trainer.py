@@ -35,7 +35,14 @@ from mixprec.io import load_checkpoint, save_checkpoint
 from mixprec.keys import check_keys
 from mixprec.precision import Precision
 from mixprec.vision.numerics_record import NumericsRecord
-from mixprec.vision.optim import ModelEMA, Schedule, build_optimizer, resolve_optimizer
+from mixprec.vision.optim import (
+    ModelEMA,
+    Schedule,
+    build_optimizer,
+    plan_steps,
+    resolve_optimizer,
+    warmup_accumulate,
+)
 from mixprec.vision.plotting import plot_results
 from mixprec.vision.precision_choice import choose_precision, select_device
 from mixprec.vision.recovery import NanRecovery
@@ -73,6 +80,7 @@ class TrainState:
     numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
     recovery: NanRecovery | None = None  # reload/stop after a run of inf/NaN losses (``train``)
     last_losses: dict[str, float] | None = None  # the last batch's losses by name, for callbacks
+    warmup_iters: int = 0  # batches over which ``accumulate`` ramps up from 1 (``warmup_accumulate``)
 
 
 @dataclass
@@ -115,24 +123,26 @@ def _check_dist(dist: dp.DistContext | None) -> None:
                          "(or run `torchrun -m mixprec train ...`, which does)")
 
 
-def _optimization(args: dict[str, Any], task: Task, data: Any, model: torch.nn.Module,
-                  batch: int, nb: int, n_samples: int) -> tuple[Any, Schedule, int, str, float, str]:
-    """Optimizer, schedule and accumulation for ``batch`` (the global batch), ``nb`` batches per
-    epoch over ``n_samples``."""
+def _optimization(args: dict[str, Any], task: Task, data: Any, model: torch.nn.Module, batch: int,
+                  nb: int, n_samples: int) -> tuple[Any, Schedule, int, int, str, float, str]:
+    """Optimizer, schedule, accumulation and warmup batches for ``batch`` (the global batch),
+    ``nb`` batches per epoch over ``n_samples``. During the warmup batches ``accumulate`` ramps
+    from 1 (``warmup_accumulate``, Ultralytics' rule); ``plan_steps`` counts the optimizer steps
+    that rule takes, so the schedule's warmup and length are in steps."""
     epochs = int(args["epochs"])
     accumulate = min(max(round(args["nbs"] / batch), 1), nb)
-    steps_per_epoch = math.ceil(nb / accumulate)
+    warmup_iters = round(min(args["warmup_epochs"], max(epochs - 1, 0)) * nb)
+    warmup, total = plan_steps(nb, epochs, accumulate, warmup_iters)
     opt_name, lr0, momentum, why = resolve_optimizer(
         args["optimizer"], args["lr0"], args["momentum"], task.num_classes(data),
         math.ceil(n_samples / max(batch, args["nbs"])) * epochs)
     decay = args["weight_decay"] * batch * accumulate / args["nbs"]
     optimizer = build_optimizer(model, opt_name, lr0, momentum, decay)
-    warmup = round(min(args["warmup_epochs"], max(epochs - 1, 0)) * steps_per_epoch)
-    schedule = Schedule(optimizer, lr0, args["lrf"], steps_per_epoch * epochs, warmup,
-                        bool(args["cos_lr"]), args["warmup_bias_lr"], args["warmup_momentum"],
-                        momentum, decay=task.lr_decay(args))
+    schedule = Schedule(optimizer, lr0, args["lrf"], total, warmup, bool(args["cos_lr"]),
+                        args["warmup_bias_lr"], args["warmup_momentum"], momentum,
+                        decay=task.lr_decay(args))
     info = f"optimizer: {why}; weight_decay={decay:.3g}, accumulate={accumulate}"
-    return optimizer, schedule, accumulate, opt_name, lr0, info
+    return optimizer, schedule, accumulate, warmup_iters, opt_name, lr0, info
 
 
 def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: Path | None = None,
@@ -162,7 +172,7 @@ def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: 
         train_loader, val_loader = task.loaders(args, data, batch, world)
     if world > 1:  # each rank trains on its share; rank 0 validates on the whole val split
         train_loader = dp.shard_loader(train_loader, int(args["seed"]))
-    optimizer, schedule, accumulate, opt_name, lr0, info = _optimization(
+    optimizer, schedule, accumulate, warmup_iters, opt_name, lr0, info = _optimization(
         args, task, data, model, batch, len(train_loader), len(train_loader.dataset))
     model, optimizer = prec.setup(model, optimizer)
     forward = None
@@ -181,7 +191,7 @@ def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: 
             "world_size": world}
     return TrainState(args, task, data, model, loss_fn, prec, reason, optimizer, schedule,
                       ModelEMA(model), train_loader, val_loader, accumulate, device, save_dir,
-                      forward=forward)
+                      forward=forward, warmup_iters=warmup_iters)
 
 
 def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None) -> dict:
@@ -205,7 +215,8 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
         loss, items = st.loss_fn(outputs, targets)  # FP32 loss on the FP32-cast outputs
         prec.backward(loss)
         pending += 1
-        if pending == st.accumulate or i == len(loader) - 1:
+        acc = warmup_accumulate(st.epoch * len(loader) + i, st.warmup_iters, st.accumulate)
+        if pending >= acc or i == len(loader) - 1:
             stepped = prec.step(opt, max_norm=max_norm, scheduler=st.schedule)
             if stepped:
                 st.ema.update(model)

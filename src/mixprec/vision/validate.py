@@ -1,4 +1,5 @@
-"""Validation: run a detector over a letterboxed split, score it with pycocotools, print the
+"""Validation: run a detector over a letterboxed split (multi-label NMS: every class above
+``conf`` is a candidate per anchor, as Ultralytics validates), score it with pycocotools, print the
 YOLO table ``Class Images Instances P R mAP50 mAP50-95``, optionally write COCO JSON files and
 annotated images."""
 
@@ -89,7 +90,8 @@ def _validate(run: Backend, loader: DataLoader, names: dict[int, str], loss_fn: 
         if loss_fn is not None:
             losses.append(loss_fn(maps, batch["targets"])[1].cpu().numpy())
         t1 = time.perf_counter()
-        preds = non_max_suppression(maps, head.stride, head.reg_max, head.nc, conf, iou, max_det)
+        preds = non_max_suppression(maps, head.stride, head.reg_max, head.nc, conf, iou, max_det,
+                                    multi_label=True)
         t_inf, t_post = t_inf + t1 - t0, t_post + time.perf_counter() - t1
         for i, det in enumerate(preds):
             path, shape, rp = batch["paths"][i], batch["shapes"][i], batch["ratio_pad"][i]

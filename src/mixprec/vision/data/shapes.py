@@ -1,7 +1,9 @@
 """Built-in datasets, generated locally on first use (never downloaded), deterministic by seed.
 
 ``shapes8``: 8 images (train and val are the same 8, a smoke test in the spirit of coco8: a
-working trainer overfits them). ``shapes``: 1,000 train + 200 val images. Images are 256x256
+working trainer overfits them). ``shapes``: 1,000 train + 200 val images. ``dense`` (many small
+objects, busy backgrounds) and ``occlusion`` (large scale range, occlusion): 400 train + 120 val
+each, drawn by ``mixprec.vision.data.scenes``. Images are 256x256
 RGB JPEGs with textured backgrounds (gradients, stripes, noise) and 1-8 filled shapes of six
 classes, from ~10 px to ~140 px, that may overlap (a new shape may cover at most 40% of an
 earlier one's box, so every label stays visible). Labels are YOLO ``.txt`` files.
@@ -10,6 +12,7 @@ earlier one's box, so every label stays visible). Labels are YOLO ``.txt`` files
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,28 +23,31 @@ from mixprec.io import atomic_write_text
 __all__ = ["BUILTIN", "NAMES", "generate"]
 
 NAMES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
-# name -> (train images, val images, seed); val == "same" reuses the train images.
+# name -> (train images, val images, seed, generator kind); "same" reuses the train images as val.
+# "dense" and "occlusion" are drawn by mixprec.vision.data.scenes.
 BUILTIN: dict[str, dict] = {
-    "shapes8": {"train": 8, "val": 0, "seed": 8, "same": True},
-    "shapes": {"train": 1000, "val": 200, "seed": 0, "same": False},
+    "shapes8": {"train": 8, "val": 0, "seed": 8, "same": True, "kind": "shapes"},
+    "shapes": {"train": 1000, "val": 200, "seed": 0, "same": False, "kind": "shapes"},
+    "dense": {"train": 400, "val": 120, "seed": 1, "same": False, "kind": "dense"},
+    "occlusion": {"train": 400, "val": 120, "seed": 2, "same": False, "kind": "occlusion"},
 }
 SIZE = 256
 _VERSION = 1
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
+def _background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
     t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)) * 0.5 + 0.5
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
     kind = rng.integers(3)
     if kind == 0:  # stripes
         f, ang = rng.uniform(4, 24), rng.uniform(0, math.pi)
-        s = np.sin((xx * math.cos(ang) + yy * math.sin(ang)) * SIZE / f * 2 * math.pi)
+        s = np.sin((xx * math.cos(ang) + yy * math.sin(ang)) * size / f * 2 * math.pi)
         img += (s[..., None] * rng.uniform(10, 35))
     elif kind == 1:  # checker
         f = int(rng.integers(8, 40))
-        chk = ((np.arange(SIZE)[:, None] // f + np.arange(SIZE)[None] // f) % 2) * 2 - 1
+        chk = ((np.arange(size)[:, None] // f + np.arange(size)[None] // f) % 2) * 2 - 1
         img += chk[..., None] * rng.uniform(8, 25)
     img += rng.normal(0, rng.uniform(3, 14), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -106,12 +112,24 @@ def _image(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[int, float
     return img, labels
 
 
-def _write_split(root: Path, split: str, n: int, seed: int, start: int) -> None:
+def _generator(kind: str) -> tuple[Callable[[np.random.Generator], tuple], list[str]]:
+    """The image function and class names of a generator kind."""
+    if kind == "shapes":
+        return _image, NAMES
+    from mixprec.vision.data import scenes  # scenes reuses this module's drawing helpers
+
+    if kind == "dense":
+        return scenes.dense_image, scenes.DENSE_NAMES
+    return scenes.occlusion_image, scenes.OCCLUSION_NAMES
+
+
+def _write_split(root: Path, split: str, n: int, seed: int, start: int, kind: str = "shapes") -> None:
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    make = _generator(kind)[0]
     for i in range(start, start + n):
         rng = np.random.default_rng([seed, i])
-        img, labels = _image(rng)
+        img, labels = make(rng)
         img.save(root / "images" / split / f"{i:06d}.jpg", quality=92)
         text = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
         (root / "labels" / split / f"{i:06d}.txt").write_text(text)
@@ -129,11 +147,11 @@ def generate(name: str, root: str | Path) -> Path:
     if yaml_path.is_file() and stamp.is_file() and stamp.read_text().strip() == str(_VERSION):
         return yaml_path
     print(f"Generating built-in dataset '{name}' in {root} ...")
-    _write_split(root, "train", spec["train"], spec["seed"], 0)
+    _write_split(root, "train", spec["train"], spec["seed"], 0, spec["kind"])
     if not spec["same"]:
-        _write_split(root, "val", spec["val"], spec["seed"], spec["train"])
+        _write_split(root, "val", spec["val"], spec["seed"], spec["train"], spec["kind"])
     val = "images/train" if spec["same"] else "images/val"
-    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(NAMES))
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(_generator(spec["kind"])[1]))
     atomic_write_text(yaml_path, f"# built-in dataset generated by mixprec (seed {spec['seed']})\n"
                                  f"path: {root.resolve()}\ntrain: images/train\nval: {val}\n"
                                  f"names:\n{names}\n")

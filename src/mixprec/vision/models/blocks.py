@@ -103,14 +103,15 @@ class Detect(nn.Module):
 
     Per level: a box branch (two 3x3 convs of ``box_ch[level]`` channels -> ``4 * reg_max``
     logits, the distribution of the distances left/top/right/bottom in grid units) and a class
-    branch (depthwise-separable convs -> ``nc`` logits). ``box_ch`` defaults to YOLOv8's
-    ``max(16, ch[0] // 4, 4 * reg_max)`` at every level; det-n narrows it where the maps are
-    largest (see det-n.yaml). ``forward`` returns one raw map per level, shape (B, 4*reg_max + nc, H, W),
+    branch (``cls_head="dw"``: depthwise-separable convs, as YOLO11; ``"v8"``: two 3x3 Conv-BN-SiLU
+    of ``max(ch[0], min(nc, 100))`` channels, as YOLOv8 -> ``nc`` logits). ``box_ch`` defaults to YOLOv8's
+    ``max(16, ch[0] // 4, 4 * reg_max)`` at every level; a YAML may narrow it where the maps are
+    largest. ``forward`` returns one raw map per level, shape (B, 4*reg_max + nc, H, W),
     in the compute dtype; decoding lives in ``mixprec.vision.boxes.decode``.
     """
 
     def __init__(self, nc: int, ch: tuple[int, ...], reg_max: int = 16,
-                 box_ch: list[int] | None = None):
+                 box_ch: list[int] | None = None, cls_head: str = "dw"):
         super().__init__()
         self.nc, self.reg_max, self.nl = nc, reg_max, len(ch)
         self.no = 4 * reg_max + nc
@@ -119,13 +120,19 @@ class Detect(nn.Module):
             box_ch = [max(16, ch[0] // 4, 4 * reg_max)] * self.nl
         if len(box_ch) != self.nl or min(box_ch) < 1:
             raise ValueError(f"Detect box_ch={box_ch}: give one positive width per level ({self.nl})")
+        if cls_head not in ("dw", "v8"):
+            raise ValueError(f"Detect cls_head={cls_head!r}: use 'dw' (depthwise-separable) or 'v8'")
         c3 = max(ch[0], min(nc, 100))
         self.box = nn.ModuleList(
             nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1))
             for c, c2 in zip(ch, box_ch, strict=True))
-        self.cls = nn.ModuleList(
-            nn.Sequential(DWConv(c, c, 3), Conv(c, c3, 1), DWConv(c3, c3, 3), Conv(c3, c3, 1),
-                          nn.Conv2d(c3, nc, 1)) for c in ch)
+        if cls_head == "v8":  # YOLOv8: two full 3x3 convs
+            self.cls = nn.ModuleList(
+                nn.Sequential(Conv(c, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for c in ch)
+        else:  # YOLO11-style: depthwise 3x3 + pointwise, twice
+            self.cls = nn.ModuleList(
+                nn.Sequential(DWConv(c, c, 3), Conv(c, c3, 1), DWConv(c3, c3, 3), Conv(c3, c3, 1),
+                              nn.Conv2d(c3, nc, 1)) for c in ch)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         return [torch.cat((b(x), c(x)), 1) for x, b, c in zip(xs, self.box, self.cls, strict=True)]

@@ -1,6 +1,7 @@
 """``DetectionModel``: a detector built from a YAML description (``det-n.yaml``, ``det-s.yaml``).
 
-The YAML holds ``nc``, ``depth``, ``width``, ``max_channels`` and two lists of rows
+The YAML holds ``nc``, ``depth``, ``width``, ``max_channels``, optional ``bn_momentum`` (PyTorch's
+convention, default 0.1; YOLOv8 uses 0.03) and two lists of rows
 ``[from, repeats, module, args]`` (``backbone`` then ``head``). Channels in ``args`` are scaled
 by ``width`` (rounded to a multiple of 8, capped at ``max_channels``) and repeats by ``depth``.
 The built-in files ship in this folder; any other path is read from disk.
@@ -70,6 +71,10 @@ class DetectionModel(nn.Module):
         head.stride = torch.tensor([s / o.shape[-1] for o in outs])
         self.register_buffer("stride", head.stride.clone(), persistent=False)
         head.init_biases()
+        bn_momentum = float(self.yaml.get("bn_momentum", 0.1))
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
         # Conv weights channels-last (NHWC): every conv then runs and returns NHWC whatever the
         # input layout. Layout only (same parameters and values; float sums may round
         # differently): det-n forward+backward at 160 px, batch 16, one CPU thread, ~1.2x faster
