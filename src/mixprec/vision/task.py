@@ -19,6 +19,7 @@ Conventions the loop relies on:
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -81,7 +82,7 @@ def train_keys(task: str, keys: dict[str, Key]) -> dict[str, Key]:
     return out
 
 
-class Task:
+class Task(ABC):
     """One vision task. Subclasses set the class attributes and implement the methods; the
     shared loop calls nothing else. Methods get ``args``: the run's full key dict."""
 
@@ -102,41 +103,46 @@ class Task:
         return False
 
     def check_args(self, args: dict[str, Any]) -> None:
-        """Raise ValueError (naming the key, the value and the fix) on values that cannot work."""
+        """Raise ValueError (naming the key, the value and the fix) on values that cannot work.
+        The default accepts everything."""
+        return None
 
     # ---- data and model -------------------------------------------------------------------
+    @abstractmethod
     def load_data(self, args: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """The data config: an object with ``names`` (``{index: name}``) and ``nc``."""
 
+    @abstractmethod
     def new_model(self, source: str, nc: int | None = None) -> nn.Module:
         """A fresh FP32 model from a model YAML (name or path); ``nc``: classes (None: the YAML's)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_model(self, args: dict[str, Any], data: Any, model: nn.Module | None) -> nn.Module:
         """The FP32 model to train: ``model`` (kept when it fits ``data``) or ``args['model']``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def model_record(self, model: nn.Module) -> dict[str, Any]:
         """What rebuilds ``model`` from a checkpoint, without its weights (plain data)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def model_from_record(self, record: dict[str, Any]) -> nn.Module:
         """An FP32 module built from ``model_record``'s output (weights loaded by the caller)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loaders(self, args: dict[str, Any], data: Any, batch: int, world: int) -> tuple[Any, Any]:
         """``(train_loader, val_loader)``; ``batch`` is the global batch, ``world`` processes."""
-        raise NotImplementedError
 
     def val_loader(self, args: dict[str, Any], data: Any, split: str) -> Any:
-        raise NotImplementedError
+        """A loader over ``split`` for ``Model.val`` (optional: tasks without it cannot ``val``)."""
+        raise NotImplementedError(f"task {self.name!r} has no val loader")
 
     def on_epoch_start(self, loader: Any, epoch: int, args: dict[str, Any]) -> None:
-        """Per-epoch data switches (e.g. mosaic off for the last epochs)."""
+        """Per-epoch data switches (e.g. mosaic off for the last epochs); default: none."""
+        return None
 
+    @abstractmethod
     def inputs(self, batch: Any, device: torch.device) -> tuple[Any, Any]:
         """``(model inputs on device, targets)`` from a loader batch."""
-        raise NotImplementedError
 
     def batch_stats(self, batch: Any, inputs: Any) -> tuple[Any, ...]:
         """Extra progress-bar columns (``progress_columns``) for one batch."""
@@ -144,9 +150,9 @@ class Task:
 
     progress_columns: ClassVar[tuple[str, ...]] = ()
 
+    @abstractmethod
     def synthetic_batch(self, args: dict[str, Any], batch: int, nc: int) -> tuple[Any, Any]:
         """``(inputs, targets)`` of random data at the run's size (autobatch probes, bench)."""
-        raise NotImplementedError
 
     def num_classes(self, data: Any) -> int:
         return int(data.nc)
@@ -157,19 +163,20 @@ class Task:
         return None
 
     # ---- loss and metrics -----------------------------------------------------------------
+    @abstractmethod
     def build_loss(self, args: dict[str, Any], model: nn.Module) -> Callable[[Any, Any], Any]:
-        raise NotImplementedError
+        """``loss_fn(outputs, targets) -> (FP32 scalar loss, detached items per loss_names)``."""
 
+    @abstractmethod
     def validate(self, model: nn.Module, loader: Any, data: Any, autocast: Callable[[], Any] | None,
                  loss_fn: Callable | None, args: dict[str, Any], save_dir: Path | None,
                  final: bool) -> Any:
         """Metrics of ``model`` on ``loader`` with a ``fitness`` float. ``final``: the full report
         (per-class table, saved files) after training or for ``val``; else the per-epoch check."""
-        raise NotImplementedError
 
+    @abstractmethod
     def metric_columns(self, metrics: Any | None) -> dict[str, float]:
         """results.csv columns for ``metrics`` (NaN for every column when None)."""
-        raise NotImplementedError
 
     def summary(self, metrics: Any) -> str:
         """One line for the end of ``mixprec train``."""
@@ -177,11 +184,12 @@ class Task:
 
     # ---- prediction and tools -------------------------------------------------------------
     def predict(self, model: nn.Module, source: Any, **kwargs: Any) -> list[Any]:
-        raise NotImplementedError
+        """Predictions for ``source`` (optional: tasks without it cannot ``predict``)."""
+        raise NotImplementedError(f"task {self.name!r} has no predict")
 
     def workload(self, model: str, size: int, data: str | None = None) -> Any:
-        """The ``mixprec bench model=...`` workload (a ``mixprec.bench.BenchTask``)."""
-        raise NotImplementedError
+        """The ``mixprec bench model=...`` workload (a ``mixprec.bench.BenchTask``; optional)."""
+        raise NotImplementedError(f"task {self.name!r} has no bench workload")
 
 
 #: ``name -> "module:Class"``, imported on first use. A new task is one line here.
