@@ -101,7 +101,9 @@ class StorageMode:
         return cast, masters, hooks
 
     def store_half(self, model: nn.Module, params: list[torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Store ``params`` in the policy's half dtype (real or emulated); modes that cast
+        parameters override it (the sharded mode never casts: FSDP2 does)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store parameters in half")
 
     def input_hooks(self, model: nn.Module) -> list[Any]:
         return []

@@ -37,19 +37,19 @@ class BadCaseError(ValueError):
 
 
 class MissingLabelError(BadCaseError):
-    pass
+    """An image whose label volume is not there."""
 
 
 class LabelShapeError(BadCaseError):
-    pass
+    """A label volume whose shape differs from its image's."""
 
 
 class LabelValueError(BadCaseError):
-    pass
+    """Label values that are not integers or lie outside the class ids."""
 
 
 class ChannelMismatchError(BadCaseError):
-    pass
+    """A case whose number of modalities differs from the data's."""
 
 
 @dataclass

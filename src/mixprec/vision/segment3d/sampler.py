@@ -156,7 +156,7 @@ class EpochSampler(Sampler[int]):
         self.n = n
 
     def set_epoch(self, epoch: int) -> None:
-        pass
+        """Nothing to do: the dataset draws each epoch's patches from (seed, epoch, index)."""
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.n))
