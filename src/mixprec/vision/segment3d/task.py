@@ -10,6 +10,7 @@ class names and the training patch (the default window for val/predict).
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +327,16 @@ class Segment3DTask(Task):
             found = ", ".join(f"{k} {v}" for k, v in r.voxels().items() if v)
             print(f"{r.path}: {found or 'no foreground'} voxels" + (f" -> {r.saved}" if r.saved else ""))
         return 0
+
+    def memory_probe(self, args: dict[str, Any], model: nn.Module) -> tuple[dict[str, Any], float, str]:
+        """Probe at patch sides of at most 32 (the model's divisor rules kept); the ratio is the
+        voxel count's."""
+        patch = parse_patch(args["patch"])
+        d = model.cfg.divisor  # type: ignore[attr-defined]
+        side = max(2 * d, -(-32 // d) * d)
+        probe = tuple(min(p, side) for p in patch)
+        words = f"patch {patch[0]}" if len(set(patch)) == 1 else f"patch {'x'.join(map(str, patch))}"
+        return ({**args, "patch": ",".join(map(str, probe))}, math.prod(patch) / math.prod(probe), words)
 
     def workload(self, model: str, size: int, data: str | None = None) -> Any:
         """``model`` (e.g. ``unet3d-s.yaml``) at patch ``size``^3 on synthetic volumes (5 classes,
