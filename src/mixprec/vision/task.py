@@ -55,6 +55,7 @@ LOOP_KEYS: dict[str, Key] = {
                      "bf16-mixed, 16-mixed, bf16-master (alias of precision=)"),
     "precision": Key(None, "a preset (bf16-mixed, 16-mixed, 16-master, 32, auto); overrides amp"),
     "emulate": Key(False, "emulate the policy's numerics in FP32 (mixprec.emulate)"),
+    "ema": Key(True, "validate and save an EMA of the weights (False: the raw trained weights)"),
     "val": Key(True, "validate every epoch (False: only after the last epoch)"),
     "resume": Key(False, "True (latest run, or model=.../last.pt) or a path to last.pt"),
     "patience": Key(100, "stop after this many epochs without fitness improvement"),

@@ -190,7 +190,8 @@ def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: 
             "optimizer_resolved": opt_name, "lr0_resolved": lr0, "device_resolved": str(device),
             "world_size": world}
     return TrainState(args, task, data, model, loss_fn, prec, reason, optimizer, schedule,
-                      ModelEMA(model), train_loader, val_loader, accumulate, device, save_dir,
+                      ModelEMA(model, decay=0.9999 if args.get("ema", True) else 0.0),  # 0: a plain copy
+                      train_loader, val_loader, accumulate, device, save_dir,
                       forward=forward, warmup_iters=warmup_iters)
 
 
