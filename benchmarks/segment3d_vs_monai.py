@@ -19,6 +19,9 @@ weight casts, activations saved for backward) at a probe patch, extrapolated to 
 
 Full budget (quiet machine, a few hours on 16 CPU cores, well under one on a GPU):
     python benchmarks/segment3d_vs_monai.py --epochs 40 --iterations 100 --patch 64 --batch 2
+Reduced but honest budget (full-size data, fewer steps; one dataset per run, its own --out):
+    python benchmarks/segment3d_vs_monai.py --data organs3d --epochs 10 --iterations 50 --skip-memory \
+        --out organs3d.json
 Tiny smoke run (a few minutes on one core):
     python benchmarks/segment3d_vs_monai.py --tiny
 """
