@@ -167,5 +167,6 @@ def test_real_cuda_oom_is_reported_with_the_fitting_precision(tiny_organs, tmp_p
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
     err = capsys.readouterr().err
-    assert rc == 2 and re.search(r"precision 32 needs ~[\d.]+ GiB at patch 128, batch 2", err), err
+    assert rc == 2 and re.search(r"precision 32 needs ~[\d.]+ GiB at patch 128, batch 2 \(cuda:0 has "
+                                 r"[\d.]+ GiB free\); (bf16|16)-mixed fits in ~[\d.]+ GiB", err), err
     assert "Traceback" not in err and sys.exc_info() == (None, None, None)

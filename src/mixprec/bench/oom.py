@@ -84,12 +84,17 @@ def step_memory(model_fn: ModelFn, batch_fn: Callable[[int], tuple[Any, Any]], l
 
 def free_bytes(device: str | torch.device) -> int | None:
     """Memory a run could take on ``device`` now: CUDA ``mem_get_info`` free bytes after the
-    cache is emptied; elsewhere the machine's ``MemAvailable``. None where unknown."""
+    cache is emptied, capped by ``set_per_process_memory_fraction`` where one is set; elsewhere
+    the machine's ``MemAvailable``. None where unknown."""
     dev = torch.device(device)
     if dev.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
-        return int(torch.cuda.mem_get_info(dev)[0])
+        free, total = torch.cuda.mem_get_info(dev)
+        get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        if get_fraction is not None:
+            free = min(free, int(get_fraction(dev) * total) - torch.cuda.memory_reserved(dev))
+        return max(int(free), 0)
     return available_ram_bytes()
 
 
