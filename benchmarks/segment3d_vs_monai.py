@@ -19,6 +19,9 @@ weight casts, activations saved for backward) at a probe patch, extrapolated to 
 
 Full budget (quiet machine, a few hours on 16 CPU cores, well under one on a GPU):
     python benchmarks/segment3d_vs_monai.py --epochs 40 --iterations 100 --patch 64 --batch 2
+Reduced but honest budget (full-size data, fewer steps; one dataset per run, its own --out):
+    python benchmarks/segment3d_vs_monai.py --data organs3d --epochs 10 --iterations 50 --skip-memory \
+        --out organs3d.json
 Tiny smoke run (a few minutes on one core):
     python benchmarks/segment3d_vs_monai.py --tiny
 """
@@ -36,8 +39,7 @@ from typing import Any
 import torch
 
 from mixprec.bench.memory import format_bytes
-from mixprec.bench.runner import measure_memory
-from mixprec.bench.step import build_state
+from mixprec.bench.oom import StepMemory, step_memory
 from mixprec.precision import Precision
 from mixprec.vision.segment3d.builtin import generate
 from mixprec.vision.segment3d.inference import sliding_window
@@ -157,22 +159,18 @@ def memory_table(args: argparse.Namespace, device: torch.device) -> list[dict[st
     p0, budget = args.mem_probe, int(args.budget * 2**30)
     rows = []
     for prec in args.mem_precisions.split(","):
-        state = build_state(lambda: UNet3D(cfg), prec, device)
-        x = torch.randn(args.batch, 1, p0, p0, p0, device=device)
-        y = torch.randint(0, 5, (args.batch, p0, p0, p0), device=device)
-        m = measure_memory(state, (x, y), lambda o, t: criterion(o, t)[0], device)
-        fixed = m["params"] + m["buffers"] + m["grads"] + m["master"] + m["optimizer_state"] + m["casts"]
-        per_voxel = (m["activations"] + m["batch"]) / p0 ** 3
+        m = step_memory(lambda: UNet3D(cfg), lambda b: (torch.randn(b, 1, p0, p0, p0),
+                                                        torch.randint(0, 5, (b, p0, p0, p0))),
+                        lambda o, t: criterion(o, t)[0], prec, device, probe_batch=args.batch)
 
-        def at(p: int, fixed: int = fixed, per_voxel: float = per_voxel) -> float:
-            return fixed + per_voxel * p ** 3
+        def at(p: int, m: StepMemory = m) -> float:
+            return m.at(args.batch, (p / p0) ** 3)
 
         largest = max((p for p in range(16, 513, 16) if at(p) <= budget), default=None)
-        rows.append({"precision": prec, "probe_patch": p0, "fixed_bytes": fixed,
-                     "activation_bytes_probe": m["activations"],
+        rows.append({"precision": prec, "probe_patch": p0, "fixed_bytes": m.fixed_bytes,
+                     "activation_bytes_probe": m.activation_bytes,
                      f"bytes_at_{args.mem_patch}": at(args.mem_patch), "largest_patch": largest,
                      "largest_patch_voxels": largest ** 3 if largest else 0})
-        del state
     base = rows[0]["largest_patch_voxels"] or 1
     print(f"\nMemory of one {args.mem_model} training step, batch {args.batch}, AdamW "
           f"(mixprec.bench exact accounting at {p0}^3, extrapolated by voxel count), "

@@ -158,3 +158,13 @@ def test_scientific_notation_on_the_command_line_is_a_float():
 
     assert parse_value("3e-5") == 3e-5 and parse_value(repr(3e-5)) == 3e-5 and parse_value("1E4") == 1e4
     assert parse_value("cpu") == "cpu" and parse_value("e5") == "e5" and parse_value("64") == 64
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_ema_off_saves_and_validates_the_raw_weights(tiny_organs, tmp_path, ema):
+    res = train(data=str(tiny_organs), epochs=2, ema=ema, project=str(tmp_path / "runs"), **FAST)
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(res.save_dir / "weights" / name)
+        saved, raw = ckpt["model"]["state_dict"], ckpt["train"]["model"]
+        same = all(torch.equal(saved[k], raw[k].to(saved[k].dtype)) for k in raw)
+        assert same is (not ema), name  # with the EMA on, the saved weights are an average

@@ -93,3 +93,21 @@ def test_poly_lr_with_warmup():
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     with pytest.raises(ValueError, match="warmup"):
         poly_lr(0, 10, 0.01, warmup=10)
+
+
+def test_instance_norm_affine_params_get_no_weight_decay():
+    from mixprec.vision.optim import build_optimizer
+    from mixprec.vision.segment3d.task import Segment3DTask
+
+    model = Segment3DTask().new_model("unet3d-n.yaml", 5, 1)
+    opt = build_optimizer(model, "AdamW", 1e-3, 0.9, 3e-5)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert norms and all(m.affine for m in norms)
+    for m in norms:
+        assert group_of[id(m.weight)]["name"] == "norm" and group_of[id(m.weight)]["weight_decay"] == 0.0
+        assert group_of[id(m.bias)]["name"] == "bias" and group_of[id(m.bias)]["weight_decay"] == 0.0
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(group_of[id(m.weight)]["weight_decay"] == 3e-5 for m in convs)
+    # every parameter is in exactly one group
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))

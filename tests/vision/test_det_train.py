@@ -175,3 +175,12 @@ def test_autobatch_asks_mixprec_bench_for_the_batch(tiny_data, tmp_path, capsys)
 
     batch = yaml.safe_load((result.save_dir / "args.yaml").read_text())["batch"]
     assert isinstance(batch, int) and 1 <= batch <= 256
+
+
+def test_ema_off_saves_the_raw_detector_weights(tiny_data, tmp_path):
+    """``ema`` is a loop key: detection switches the EMA off the same way as segment3d."""
+    res = train(data=str(tiny_data), epochs=1, ema=False, amp=False, project=str(tmp_path / "runs"),
+                **{**FAST, "batch": 8})
+    ckpt = load_checkpoint(res.last)
+    saved, raw = ckpt["model"]["state_dict"], ckpt["train"]["model"]
+    assert all(torch.equal(saved[k], raw[k].to(saved[k].dtype)) for k in raw)

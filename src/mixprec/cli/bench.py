@@ -86,16 +86,39 @@ def run(config: dict[str, Any]) -> int:
     device = None if config["device"] in (None, "") else str(config["device"])
     precisions = config["precision"]
     precisions = [str(p) for p in (precisions if isinstance(precisions, list) else [precisions])]
-    result = bench(
-        task.model_fn, task.batch_fn, task.loss_fn, precisions=precisions,
-        batch_size=config["batch"], steps=config["steps"], warmup=config["warmup"],
-        repeats=config["repeats"], device=device,
-        optimizer_fn=_optimizer_fn(config["optimizer"], config["lr"]), seed=config["seed"],
-        emulate=bool(config["emulate"]), budget=config["budget"],
-        max_batch=config["max_batch"], energy=bool(config["energy"]), model_name=task.name,
-        log=lambda msg: print(f"bench: {msg}", flush=True))
+    try:
+        result = bench(
+            task.model_fn, task.batch_fn, task.loss_fn, precisions=precisions,
+            batch_size=config["batch"], steps=config["steps"], warmup=config["warmup"],
+            repeats=config["repeats"], device=device,
+            optimizer_fn=_optimizer_fn(config["optimizer"], config["lr"]), seed=config["seed"],
+            emulate=bool(config["emulate"]), budget=config["budget"],
+            max_batch=config["max_batch"], energy=bool(config["energy"]), model_name=task.name,
+            log=lambda msg: print(f"bench: {msg}", flush=True))
+    except torch.OutOfMemoryError:  # the '32' baseline ran out of device memory
+        result = None
+    if result is None:  # outside the except block: the failed states are freed first
+        raise _oom_report(config, task, spec, device)
     print(format_table(result))
     save_dir = increment_path(config["project"], config["name"], bool(config["exist_ok"]))
     paths = save_report(result, save_dir, plots=bool(config["plots"]))
     print(f"\nresults saved to {save_dir}/ ({', '.join(p.name for p in paths.values())})")
     return 0
+
+
+def _oom_report(config: dict[str, Any], task: Any, spec: str, device: str | None) -> Exception:
+    from mixprec.hardware import select_device
+
+    dev = select_device(device)
+    opt = _optimizer_fn(config["optimizer"], config["lr"])
+    size_key = "patch" if config["patch"] is not None else "imgsz"
+    if spec.endswith((".yaml", ".yml")):
+        from mixprec.vision.oom import bench_oom_report
+
+        return bench_oom_report(spec, int(config["imgsz"]), int(config["batch"]), "32", dev,
+                                config["data"], opt)
+    from mixprec.bench.oom import workload_oom_report
+
+    return workload_oom_report(task, failed="32", batch=int(config["batch"]), scale=1.0,
+                               size=f"{size_key} {config['imgsz']}", device=dev, optimizer_fn=opt,
+                               size_key=size_key)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixprec.precision import NORM_LAYERS
+
 __all__ = ["ModelEMA", "Schedule", "build_optimizer", "plan_steps", "resolve_optimizer",
            "warmup_accumulate"]
 
@@ -65,13 +67,15 @@ def plan_steps(batches: int, epochs: int, accumulate: int, warmup_iters: int) ->
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
                     weight_decay: float) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or Adam/AdamW over groups 0: weights (decay), 1: norm weights, 2: biases."""
+    """SGD (Nesterov) or Adam/AdamW over groups 0: weights (decay), 1: weights of normalisation
+    layers (``mixprec.precision.NORM_LAYERS``: BatchNorm, InstanceNorm, GroupNorm, LayerNorm,
+    ...; no decay), 2: biases (no decay)."""
     decay, norm, bias = [], [], []
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
             if pname == "bias":
                 bias.append(p)
-            elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+            elif isinstance(module, NORM_LAYERS):  # every BatchNorm/InstanceNorm, GroupNorm, LayerNorm ...
                 norm.append(p)
             else:
                 decay.append(p)
@@ -157,7 +161,9 @@ class Schedule:
 
 class ModelEMA:
     """FP32 exponential moving average of a model's floating state (parameters and buffers).
-    Effective decay ``decay * (1 - exp(-updates / tau))`` ramps up, so early steps count less.
+    Effective decay ``decay * (1 - exp(-updates / tau))`` ramps up, so early steps count less;
+    ``decay=0`` makes it an exact copy of the model's weights (``lerp`` with weight 1 returns
+    the end point: the trainer's ``ema=False``).
     ``update`` runs on the device of the model; no host synchronisation."""
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0,

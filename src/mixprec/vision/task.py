@@ -55,6 +55,7 @@ LOOP_KEYS: dict[str, Key] = {
                      "bf16-mixed, 16-mixed, bf16-master (alias of precision=)"),
     "precision": Key(None, "a preset (bf16-mixed, 16-mixed, 16-master, 32, auto); overrides amp"),
     "emulate": Key(False, "emulate the policy's numerics in FP32 (mixprec.emulate)"),
+    "ema": Key(True, "validate and save an EMA of the weights (False: the raw trained weights)"),
     "val": Key(True, "validate every epoch (False: only after the last epoch)"),
     "resume": Key(False, "True (latest run, or model=.../last.pt) or a path to last.pt"),
     "patience": Key(100, "stop after this many epochs without fitness improvement"),
@@ -186,6 +187,17 @@ class Task(ABC):
     def predict(self, model: nn.Module, source: Any, **kwargs: Any) -> list[Any]:
         """Predictions for ``source`` (optional: tasks without it cannot ``predict``)."""
         raise NotImplementedError(f"task {self.name!r} has no predict")
+
+    probe_side: ClassVar[int] = 128  # largest size the out-of-memory report measures at
+
+    def memory_probe(self, args: dict[str, Any], model: nn.Module) -> tuple[dict[str, Any], float, str]:
+        """For the out-of-memory report (``mixprec.vision.oom``): ``(args at a probe size no
+        larger than the run's, the run's pixels per sample / the probe's, the run's size in
+        words)``; a step is measured at the probe and its activations scaled by the ratio.
+        Default: square images of side ``args[size_key]``, probed at ``min(side, probe_side)``."""
+        side = int(args[self.size_key])
+        probe = min(side, self.probe_side)
+        return {**args, self.size_key: probe}, (side / probe) ** 2, f"{self.size_key} {side}"
 
     def workload(self, model: str, size: int, data: str | None = None) -> Any:
         """The ``mixprec bench model=...`` workload (a ``mixprec.bench.BenchTask``; optional)."""

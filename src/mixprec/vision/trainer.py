@@ -190,7 +190,8 @@ def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: 
             "optimizer_resolved": opt_name, "lr0_resolved": lr0, "device_resolved": str(device),
             "world_size": world}
     return TrainState(args, task, data, model, loss_fn, prec, reason, optimizer, schedule,
-                      ModelEMA(model), train_loader, val_loader, accumulate, device, save_dir,
+                      ModelEMA(model, decay=0.9999 if args.get("ema", True) else 0.0),  # 0: a plain copy
+                      train_loader, val_loader, accumulate, device, save_dir,
                       forward=forward, warmup_iters=warmup_iters)
 
 
@@ -352,7 +353,19 @@ def train(args: dict[str, Any] | None = None, callbacks: dict[str, Callable] | N
     args = check_keys(given, task.train_keys(), "train")
     check_train_values(args)
     with seeded(int(args["seed"]), dist.device if dist else select_device(args["device"])):
-        return _run(build(args, weights, save_dir, task, dist), resume_ckpt, callbacks)
+        st = build(args, weights, save_dir, task, dist)
+        try:
+            return _run(st, resume_ckpt, callbacks)
+        except _StepOutOfMemory:  # raised outside any except block: no frame holds the tensors
+            from mixprec.vision.oom import oom_context, training_oom_report
+
+            ctx = oom_context(st, "precision" if given.get("precision") is not None else "amp")
+        del st  # free the failed run before the report measures on the same device
+        raise training_oom_report(ctx)
+
+
+class _StepOutOfMemory(Exception):
+    """A training step raised torch.OutOfMemoryError (``train`` turns it into the report)."""
 
 
 def _run(st: TrainState, resume_ckpt: dict | None, callbacks: dict[str, Callable] | None) -> TrainResult:
@@ -385,7 +398,14 @@ def _run(st: TrainState, resume_ckpt: dict | None, callbacks: dict[str, Callable
         st.train_loader.dataset.set_epoch(epoch)
         st.train_loader.sampler.set_epoch(epoch)
         st.task.on_epoch_start(st.train_loader, epoch, a)
-        out = train_one_epoch(st, callbacks)
+        try:
+            out = train_one_epoch(st, callbacks)
+        except torch.OutOfMemoryError:
+            out = None  # leave the except block: its traceback holds the step's tensors
+        if out is None:  # checkpoints and results.csv stay as the last finished epoch left them
+            if st.numerics is not None:
+                st.numerics.close()
+            raise _StepOutOfMemory
         final = epoch == epochs - 1
         metrics = _validate(st, st.ema.ema, final=False) if (a["val"] or final) and main else None
         _end_epoch(st, epoch, out, metrics, time.time() - t0, log, last, best)

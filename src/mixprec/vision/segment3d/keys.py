@@ -31,6 +31,9 @@ SEG_KEYS: dict[str, Key] = {
     "augment": Key(True, "flips, rot90 in x-y, intensity gain/offset/noise"),
     "val_fraction": Key(0.2, "share of a dataset.json's training list held out when it has no "
                              "validation list"),
+    "spacing": Key("auto", "resample every volume to one voxel spacing: auto (median of the training "
+                           "cases), none (keep the voxels) or x,y,z in mm; stored in the checkpoint, "
+                           "predict resamples back to each input's grid", kind="str"),
     "overlap": Key(0.5, "sliding-window overlap (validation and prediction)"),
     "hd95": Key(True, "also compute HD95 (mm) in the final validation (MONAI)"),
     "ce": Key(1.0, "cross-entropy loss gain"),

@@ -10,6 +10,7 @@ class names and the training patch (the default window for val/predict).
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,19 @@ from torch import nn
 
 from mixprec.keys import Key
 from mixprec.vision.segment3d.config import Case, SegDataConfig, load_seg_data, nifti_files
-from mixprec.vision.segment3d.dataset import LoadedCase, SkipReport, ct_stats, load_cases, normalize
+from mixprec.vision.segment3d.dataset import (
+    LoadedCase,
+    SkipReport,
+    _fg_sample,
+    ct_stats,
+    load_cases,
+    normalize,
+)
 from mixprec.vision.segment3d.keys import PREDICT_KEYS, SEG_KEYS, VAL_KEYS
 from mixprec.vision.segment3d.loss import DiceCELoss
 from mixprec.vision.segment3d.metrics import SegMetrics
 from mixprec.vision.segment3d.predict import predict_logits, predict_volume
+from mixprec.vision.segment3d.resample import median_spacing, parse_spacing, resample_case
 from mixprec.vision.segment3d.sampler import patch_loader
 from mixprec.vision.segment3d.schedule import poly_decay
 from mixprec.vision.segment3d.unet import UNet3D, load_unet_yaml
@@ -52,12 +61,16 @@ def parse_patch(value: Any) -> tuple[int, int, int]:
 class SegData:
     """Resolved dataset: names, channel count and the cases of each split (loaded on first use).
     CT data (modality CT) is normalised with dataset-wide ``norm_stats`` from the training
-    foreground (or those of the checkpoint being validated); other data per volume."""
+    foreground (or those of the checkpoint being validated); other data per volume. ``spacing``:
+    None (volumes as they are), ``"auto"`` (the per-axis median of the training cases, resolved
+    on first use) or (x, y, z) mm: every case is resampled to it (``resample``)."""
 
     config: SegDataConfig
     verbose: bool = True
     norm_stats: list[tuple[float, float, float, float]] | None = None
+    spacing: str | tuple[float, float, float] | None = None
     _loaded: dict[str, list[LoadedCase]] = field(default_factory=dict)
+    _resampled: set[str] = field(default_factory=set)
     skips: dict[str, SkipReport] = field(default_factory=dict)
 
     @property
@@ -86,9 +99,25 @@ class SegData:
             for c in train:
                 c.image = normalize(c.image, self.norm_stats)
             self._loaded["train"] = train
+        target = self.target_spacing
         if split not in self._loaded:
             self._loaded[split] = self._load(split)
+        if target is not None and split not in self._resampled:
+            self._loaded[split] = [resample_case(c, target, self.nc, _fg_sample) for c in self._loaded[split]]
+            self._resampled.add(split)
         return self._loaded[split]
+
+    @property
+    def target_spacing(self) -> tuple[float, float, float] | None:
+        """The spacing every case is resampled to (``auto`` resolved from the raw training cases)."""
+        if self.spacing == "auto":
+            if "train" not in self._loaded:
+                self._loaded["train"] = self._load("train")
+            self.spacing = median_spacing([c.spacing for c in self._loaded["train"]])
+            if self.verbose:
+                print(f"segment3d: spacing auto -> {'x'.join(f'{v:g}' for v in self.spacing)} mm "
+                      "(median of the training cases)")
+        return self.spacing  # type: ignore[return-value]
 
     @property
     def channels(self) -> int:
@@ -168,6 +197,8 @@ class Segment3DTask(Task):
             parse_patch(args["patch"])
         if "iterations" in args and int(args["iterations"]) < 1:
             raise ValueError(f"iterations={args['iterations']}: give at least 1 batch per epoch")
+        if "spacing" in args:
+            parse_spacing(args["spacing"])
         if "overlap" in args and not 0 <= float(args["overlap"]) < 1:
             raise ValueError(f"overlap={args['overlap']}: must be in [0, 1), e.g. 0.5")
 
@@ -178,17 +209,20 @@ class Segment3DTask(Task):
     def load_data(self, args: dict[str, Any]) -> SegData:
         cfg = load_seg_data(args["data"], args.get("datasets_dir", "datasets"),
                             float(args.get("val_fraction", 0.2)), int(args.get("seed", 0)))
-        stats = None
+        stats, spacing = None, parse_spacing(args.get("spacing"))
         if str(args.get("model", "")).endswith(".pt") and Path(args["model"]).is_file():
             from mixprec.io import load_checkpoint
 
-            stats = load_checkpoint(args["model"])["model"].get("norm")  # normalise as in training
+            record = load_checkpoint(args["model"])["model"]
+            stats = record.get("norm")  # normalise and resample as in training
+            if "spacing" not in args and record.get("spacing"):
+                spacing = tuple(float(v) for v in record["spacing"])
         return SegData(cfg, bool(args.get("verbose", True)),
-                       [tuple(s) for s in stats] if stats else None)
+                       [tuple(s) for s in stats] if stats else None, spacing)
 
     def new_model(self, source: str, nc: int | None = None, in_channels: int | None = None) -> nn.Module:
         model = UNet3D(load_unet_yaml(source, nc=nc, in_channels=in_channels))
-        model.patch = model.norm_stats = None  # type: ignore[assignment]
+        model.patch = model.norm_stats = model.spacing = None  # type: ignore[assignment]
         return model
 
     def build_model(self, args: dict[str, Any], data: Any, model: nn.Module | None) -> nn.Module:
@@ -211,19 +245,22 @@ class Segment3DTask(Task):
         model.names = dict(data.names)
         model.patch = patch
         model.norm_stats = data.norm_stats if data.config.ct else None
+        model.spacing = data.target_spacing  # predict resamples inputs to it and back
         self._in_channels, self._names = model.cfg.in_channels, dict(data.names)
         return model
 
     def model_record(self, model: nn.Module) -> dict[str, Any]:
         return {"task": self.name, "yaml": model.cfg.as_dict(), "names": model.names,
                 "patch": list(model.patch) if model.patch else None,
-                "norm": [list(x) for x in model.norm_stats] if getattr(model, "norm_stats", None) else None}
+                "norm": [list(x) for x in model.norm_stats] if getattr(model, "norm_stats", None) else None,
+                "spacing": list(model.spacing) if getattr(model, "spacing", None) else None}
 
     def model_from_record(self, record: dict[str, Any]) -> nn.Module:
         model = UNet3D(load_unet_yaml(record["yaml"]))
         model.names = {int(k): v for k, v in record["names"].items()}
         model.patch = tuple(record["patch"]) if record.get("patch") else None
         model.norm_stats = [tuple(x) for x in record["norm"]] if record.get("norm") else None
+        model.spacing = tuple(float(v) for v in record["spacing"]) if record.get("spacing") else None
         return model
 
     def loaders(self, args: dict[str, Any], data: Any, batch: int, world: int) -> tuple[Any, Any]:
@@ -326,6 +363,16 @@ class Segment3DTask(Task):
             found = ", ".join(f"{k} {v}" for k, v in r.voxels().items() if v)
             print(f"{r.path}: {found or 'no foreground'} voxels" + (f" -> {r.saved}" if r.saved else ""))
         return 0
+
+    def memory_probe(self, args: dict[str, Any], model: nn.Module) -> tuple[dict[str, Any], float, str]:
+        """Probe at patch sides of at most 32 (the model's divisor rules kept); the ratio is the
+        voxel count's."""
+        patch = parse_patch(args["patch"])
+        d = model.cfg.divisor  # type: ignore[attr-defined]
+        side = max(2 * d, -(-32 // d) * d)
+        probe = tuple(min(p, side) for p in patch)
+        words = f"patch {patch[0]}" if len(set(patch)) == 1 else f"patch {'x'.join(map(str, patch))}"
+        return ({**args, "patch": ",".join(map(str, probe))}, math.prod(patch) / math.prod(probe), words)
 
     def workload(self, model: str, size: int, data: str | None = None) -> Any:
         """``model`` (e.g. ``unet3d-s.yaml``) at patch ``size``^3 on synthetic volumes (5 classes,
