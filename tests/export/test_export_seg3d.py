@@ -192,3 +192,25 @@ def _two_channel_case(root: Path) -> Path:
     p = root / "two_channel.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 8, 2), np.float32), np.eye(4)), str(p))
     return p
+
+
+def test_benchmark_reports_dice_for_segment3d(seg, onnx_dynamic, monkeypatch, tmp_path):
+    """pt, onnx and onnx-int8 rows scored by Dice (the pt and onnx rows equal within 1e-3), per-patch
+    latency, and the table titled by Dice; the INT8 row is checked against FP32 by Dice."""
+    import json
+
+    from mixprec.export.benchmark import BenchmarkConfig, benchmark
+
+    monkeypatch.setattr(exporter_mod, "_torch_to_onnx", lambda *a, **k: onnx.load(str(onnx_dynamic)))
+    cfg = BenchmarkConfig(model=str(seg["pt"]), data=str(seg["data"]), formats=("pt", "onnx", "onnx-int8"),
+                          fraction=0.5, images=2, warmup=0, rounds=1, threads=1)
+    result = benchmark(cfg, tmp_path / "b", verbose=False)
+    rows = {r["format"]: r for r in result["rows"]}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["onnx"]["dice"] == pytest.approx(rows["pt"]["dice"], abs=1e-3)
+    assert "map" not in rows["onnx"] and rows["onnx-int8"]["precision"] == "int8"
+    assert all(r["latency_ms"]["calls"] == 2 for r in rows.values())
+    assert result["config"]["imgsz"] == PATCH and result["config"]["keep_float"] == "norm"
+    md = (tmp_path / "b" / "benchmark.md").read_text()
+    assert "| Dice (mean fg) | Δ Dice (mean fg) vs pt |" in md and "ms/patch" in md
+    assert json.loads((tmp_path / "b" / "benchmark.json").read_text())["task"] == "segment3d"

@@ -123,8 +123,9 @@ def _check_int8(int8: Path, fp32: Path, task: ExportTask, cfg: ExportConfig,
     s8 = task.score(OnnxBackend(int8), cfg.data, imgsz, idx, cfg.datasets_dir)
     key, name = task.score_columns[0][0], task.score_name
     drop = s32["score"] - s8["score"]
-    result = {"images": len(idx), "score": name, f"{key}_fp32": s32["score"],
-              f"{key}_int8": s8["score"], "drop": drop, "max_drop": INT8_MAX_DROP}
+    result = {"images": len(idx), "unit": getattr(task, "input_unit", "images"), "score": name,
+              f"{key}_fp32": s32["score"], f"{key}_int8": s8["score"], "drop": drop,
+              "max_drop": INT8_MAX_DROP}
     if not drop <= INT8_MAX_DROP:
         hint = "/".join(k for k in task.keep_float if k != "none")
         raise ExportError(f"INT8 {name} {s8['score']:.4f} is {drop:.4f} below FP32 "

@@ -61,6 +61,7 @@ class Segment3DTask:
     name = "segment3d"
     default_imgsz = 64
     size_key = "patch"
+    input_unit = "patches (whole volumes scored)"
     score_name = "Dice"
     score_columns = (("dice", "Dice (mean fg)"),)
     keep_float = ("norm", "none")
