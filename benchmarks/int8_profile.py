@@ -3,10 +3,12 @@ thread, for FP32, the exported INT8 model and variants of it (quantization optio
 optimisation levels, rewrites of the quantized SiLU).
 
     PYTHONPATH=src python3 benchmarks/int8_profile.py --model runs/detect/train/weights/best.pt \\
-        --data shapes.yaml --imgsz 640 --runs 10
+        --data shapes.yaml --imgsz 640
 
-Per model: each node's *fastest* kernel time over ``--runs`` profiled runs (the least disturbed
-by other load on a shared machine), summed per op type; the table gives each op type's share of
+Per model: each node's *fastest* kernel time over ``--repeats`` fresh sessions x ``--rounds``
+rounds x ``--runs`` calls, the models interleaved round by round (the least disturbed call, so
+load on a shared machine and one session's bad luck -- identical graphs in two sessions
+differed by up to 25% here -- count less), summed per op type; the table gives each op type's share of
 that sum, the sum itself ("kernel sum": NOT a latency -- no framework overhead, no threads), its
 ratio to FP32's, and the op counts of onnxruntime's optimised graph. Outputs of every INT8
 variant are compared with the exported INT8 model's (max |difference| in units of the output's
@@ -23,6 +25,9 @@ Variants:
   onnxruntime's kernels compute the pair (exact: equal outputs).
 - ``silu_quickgelu``: each quantized SiLU as DequantizeLinear -> QuickGelu (FP32, onnxruntime's
   fused x*sigmoid(x)) -> QuantizeLinear (not exact: skips the sigmoid's own rounding).
+- ``fp32_relu``, ``int8_relu``: the FP32 graph with every SiLU replaced by ReLU, and its INT8
+  export -- a *different network* (no retraining: accuracy meaningless), profiled to show what
+  an activation that quantizes into QLinearConv would leave.
 """
 
 from __future__ import annotations
@@ -137,32 +142,85 @@ def rewrite_silu(model: onnx.ModelProto, mode: str) -> int:
     return len(added)
 
 
+def silu_to_relu(model: onnx.ModelProto) -> int:
+    """FP32 graph: replace each ``x * sigmoid(x)`` by ``Relu(x)`` in place (what a ReLU variant
+    of the network would export; its weights are the SiLU model's, so its accuracy means
+    nothing -- only its op counts and kernel times). Returns how many were replaced."""
+    g = model.graph
+    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            users[i].append(n)
+    drop: set[int] = set()
+    for sig in [n for n in g.node if n.op_type == "Sigmoid"]:
+        muls = [u for u in users[sig.output[0]] if u.op_type == "Mul" and sig.input[0] in u.input]
+        if len(users[sig.output[0]]) != 1 or len(muls) != 1:
+            continue
+        mul = muls[0]
+        mul.op_type, mul.input[:] = "Relu", [sig.input[0]]
+        drop.add(id(sig))
+    nodes = [n for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(drop)
+
+
 # ---- profiling -------------------------------------------------------------------------------
-def profile(path: Path, x: np.ndarray, runs: int, level: Any = None) -> dict[str, Any]:
-    """Outputs, per-op-type sums of each node's fastest kernel time (us), and the optimised
-    graph's op counts, at one thread."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.enable_profiling, opts.log_severity_level = True, 3
-    opts.graph_optimization_level = level or ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+def profile(models: dict[str, tuple[Path, Any]], x: np.ndarray, runs: int,
+            rounds: int) -> dict[str, dict[str, Any]]:
+    """Per model (path, graph optimisation level or None): outputs, per-op-type sums of each
+    node's fastest kernel time (us) and the optimised graph's op counts, at one thread. The
+    models run interleaved, ``rounds`` rounds of ``runs`` calls each, so load drifts alike."""
     with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = str(Path(tmp) / "prof")
-        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        sess.run(None, {name: x})  # warm-up (also profiled: dropped by taking each node's minimum)
-        for _ in range(runs):
-            outs = sess.run(None, {name: x})
-        events = json.loads(Path(sess.end_profiling()).read_text())
-        ops = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
-    per_node: dict[str, tuple[str, list[int]]] = {}
+        sessions = {}
+        for i, (name, (path, level)) in enumerate(models.items()):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            opts.enable_profiling, opts.log_severity_level = True, 3
+            opts.graph_optimization_level = level or ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.profile_file_prefix = str(Path(tmp) / f"prof{i}")
+            opts.optimized_model_filepath = str(Path(tmp) / f"opt{i}.onnx")
+            sessions[name] = (ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]),
+                              opts.optimized_model_filepath)
+        outs: dict[str, Any] = {}
+        for _ in range(rounds):
+            for name, (sess, _) in sessions.items():
+                feed = {sess.get_inputs()[0].name: x}
+                for _ in range(runs):  # the first call's warm-up is dropped by taking minima
+                    outs[name] = sess.run(None, feed)
+        result = {}
+        for name, (sess, opt) in sessions.items():
+            events = json.loads(Path(sess.end_profiling()).read_text())
+            ops = collections.Counter(n.op_type for n in onnx.load(opt).graph.node)
+            result[name] = _summarise(events, outs[name], ops)
+    return result
+
+
+def _summarise(events: list[dict[str, Any]], outs: Any, ops: collections.Counter) -> dict[str, Any]:
+    per_node: dict[str, tuple[str, int]] = {}  # node -> (op type, fastest kernel time in us)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_node.setdefault(e["name"], (e["args"]["op_name"], []))[1].append(int(e["dur"]))
-    by_op: collections.Counter = collections.Counter()
-    for op, durs in per_node.values():
-        by_op[op] += min(durs)
-    return {"outputs": outs, "by_op": dict(by_op), "sum_us": sum(by_op.values()), "ops": dict(ops)}
+            op, best = per_node.get(e["name"], (e["args"]["op_name"], 1 << 62))
+            per_node[e["name"]] = (op, min(best, int(e["dur"])))
+    return {"outputs": outs, "per_node": per_node, "ops": dict(ops)}
+
+
+def merge(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per model: each node's minimum over the repeats (fresh sessions), summed per op type;
+    ``sums_us``: each repeat's own kernel sum (the spread between sessions)."""
+    out = {}
+    for name in runs[0]:
+        nodes: dict[str, tuple[str, int]] = {}
+        for r in runs:
+            for node, (op, t) in r[name]["per_node"].items():
+                nodes[node] = (op, min(t, nodes.get(node, (op, t))[1]))
+        by_op: collections.Counter = collections.Counter()
+        for op, t in nodes.values():
+            by_op[op] += t
+        out[name] = {"outputs": runs[0][name]["outputs"], "ops": runs[0][name]["ops"], "by_op": dict(by_op),
+                     "sum_us": sum(by_op.values()),
+                     "sums_us": [sum(t for _, t in r[name]["per_node"].values()) for r in runs]}
+    return out
 
 
 def _rel_diff(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
@@ -175,7 +233,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="data YAML (INT8 calibration images)")
     ap.add_argument("--imgsz", default=None, help="input size (default: the training size)")
     ap.add_argument("--fraction", type=float, default=0.1, help="calibration fraction of val")
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=5, help="calls per model per round")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds per session (models interleaved)")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh sessions (their spread is reported)")
     ap.add_argument("--datasets-dir", default="datasets")
     ap.add_argument("--out", default="runs/int8_profile")
     a = ap.parse_args()
@@ -209,16 +269,21 @@ def main() -> None:
             onnx.checker.check_model(str(path), full_check=True)
         files[f"silu_{mode}"] = (path, None)
         print(f"silu_{mode}: {n} SiLUs rewritten")
+    relu = onnx.load(str(fp32))
+    print(f"relu variant: {silu_to_relu(relu)} SiLUs replaced")
+    onnx.save(relu, str(out / "fp32_relu.onnx"))
+    quantize_int8(out / "fp32_relu.onnx", out / "int8_relu.onnx", CalibrationReader(images, idx, "images"),
+                  meta["float_nodes"])
+    files["fp32_relu"] = (out / "fp32_relu.onnx", None)
+    files["int8_relu"] = (out / "int8_relu.onnx", None)
     x = images.get(0)[None].numpy().astype(np.float32)
-    rows: dict[str, dict[str, Any]] = {}
-    for name, (path, level) in files.items():
-        rows[name] = profile(path, x, a.runs, level)
-        print(f"{name}: kernel sum {rows[name]['sum_us'] / 1e3:.2f} ms", flush=True)
+    rows = merge([profile(files, x, a.runs, a.rounds) for _ in range(a.repeats)])
     ref = rows["int8"]["outputs"]
     lines = [f"# INT8 profile: {a.model} at {'x'.join(map(str, size))}, onnxruntime {ort.__version__}, "
-             f"1 thread, per-node minimum of {a.runs} runs", "",
-             "| model | kernel sum vs fp32 | QLinearConv / Conv share | SiLU share | top ops | "
-             "max diff vs int8 | QLinearConv | Transpose |", "|---|---|---|---|---|---|---|---|"]
+             f"1 thread, per-node minimum over {a.repeats} sessions x {a.rounds} interleaved rounds x "
+             f"{a.runs} calls", "",
+             "| model | kernel sum vs fp32 | per session | QLinearConv / Conv share | SiLU share | top ops | "
+             "max diff vs int8 | QLinearConv | Transpose |", "|---|---|---|---|---|---|---|---|---|"]
     base = rows["fp32"]["sum_us"]
     for name, r in rows.items():
         tot = r["sum_us"]
@@ -226,8 +291,11 @@ def main() -> None:
         silu = sum(v for k, v in share.items() if k in SILU_OPS)
         conv = share.get("QLinearConv", 0) + share.get("Conv", 0)
         top = ", ".join(f"{k} {v:.0f}%" for k, v in list(share.items())[:4])
-        diff = "" if name == "fp32" else f"{_rel_diff(r['outputs'], ref):.2g}"
-        lines.append(f"| {name} | {tot / base:.2f} | {conv:.0f}% | {silu:.0f}% | {top} | {diff} | "
+        diff = "" if name in ("fp32", "fp32_relu") else \
+            "(other net)" if name == "int8_relu" else f"{_rel_diff(r['outputs'], ref):.2g}"
+        spread = "-".join(f"{v / b:.2f}" for v, b in ((min(r["sums_us"]), max(rows["fp32"]["sums_us"])),
+                                                      (max(r["sums_us"]), min(rows["fp32"]["sums_us"]))))
+        lines.append(f"| {name} | {tot / base:.2f} | {spread} | {conv:.0f}% | {silu:.0f}% | {top} | {diff} | "
                      f"{r['ops'].get('QLinearConv', 0)} | {r['ops'].get('Transpose', 0)} |")
         r.pop("outputs")
     lines += ["", "Kernel sum: the per-node minima summed -- a load-robust profile, not a latency. "
