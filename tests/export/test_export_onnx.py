@@ -189,6 +189,8 @@ def test_failed_check_leaves_no_file_at_the_target(tiny, monkeypatch, reuse_trac
     ({"fraction": 0}, "fraction=0"),
     ({"keep_float": "all"}, "keep_float='all'"),
     ({"imgsz": 70}, "multiples of the stride 32"),
+    ({"imgsz": "64,64,64"}, "a detector takes one size or h,w"),
+    ({"keep_float": "norm"}, "keep_float='norm' is not for detect"),
     ({"halff": True}, "did you mean 'half'"),
 ])
 def test_bad_export_arguments_are_named(tiny, kwargs, match):

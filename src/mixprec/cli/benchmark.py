@@ -6,16 +6,17 @@ from typing import Any
 
 from mixprec.keys import Key
 
-SUMMARY = ("Compare deployment formats of one checkpoint: file size, mAP50-95 and median CPU "
-           "latency per image, e.g. mixprec benchmark model=best.pt data=shapes.yaml "
+SUMMARY = ("Compare deployment formats of one checkpoint: file size, mAP50-95 (segment3d: Dice) and "
+           "median CPU latency per image, e.g. mixprec benchmark model=best.pt data=shapes.yaml "
            "formats=pt,onnx,onnx-half,onnx-int8")
 KEYS: dict[str, Key] = {
     "model": Key("runs/detect/train/weights/best.pt", "a trained .pt checkpoint"),
-    "data": Key(None, "data YAML: mAP on its val split, INT8 calibration, latency images"),
+    "data": Key(None, "data YAML: mAP (segment3d: Dice) on its val split, INT8 calibration, latency images"),
     "formats": Key(["pt", "onnx", "onnx-half", "onnx-int8"], "comma-separated formats", kind="list"),
-    "imgsz": Key(None, "image size; None: the checkpoint's training size"),
+    "imgsz": Key(None, "image size (segment3d: the patch, x or x,y,z); None: the checkpoint's training size"),
     "fraction": Key(0.25, "fraction of the val images that calibrate INT8"),
-    "keep_float": Key("dfl", "INT8: what stays FP32 (dfl, box, none)"),
+    "keep_float": Key(None, "INT8: what stays FP32; None: the task's default (detect: dfl, box, none; "
+                            "segment3d: norm, none)"),
     "images": Key(50, "val images timed per round (batch 1)"),
     "warmup": Key(5, "untimed calls per format before timing"),
     "rounds": Key(3, "timing rounds (formats interleaved)"),

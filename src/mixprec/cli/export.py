@@ -22,9 +22,10 @@ def run(config: dict[str, Any]) -> int:
     path = model.export(**config)
     meta = read_metadata(path)
     check = meta.get("check", {})
-    if "map_int8" in check:
-        detail = (f"INT8 mAP50-95 {check['map_int8']:.4f} vs FP32 {check['map_fp32']:.4f} on "
-                  f"{check['images']} val images")
+    key = next((k[:-5] for k in check if k.endswith("_int8")), None)
+    if key is not None:
+        detail = (f"INT8 {check.get('score', key)} {check[key + '_int8']:.4f} vs FP32 "
+                  f"{check[key + '_fp32']:.4f} on {check['images']} val {check.get('unit', 'images')}")
     elif check:
         detail = (f"max relative error vs PyTorch FP32 {check['max_rel_err']:.2g} "
                   f"(allowed {check['tolerance']:g})")

@@ -34,7 +34,7 @@ def run(config: dict[str, Any]) -> int:
 
         model.backend = OnnxBackend(config["model"], str(device))
     if getattr(model.task, "predict_keys", None):  # a task with its own keys runs its own predict
-        return model.task.predict_command(model.model, config)
+        return model.task.predict_command(model.model if model.model is not None else model.backend, config)
     results = model.predict(config["source"], config["imgsz"], config["conf"], config["iou"],
                             config["max_det"], config["save"], config["project"], config["name"],
                             config["exist_ok"])

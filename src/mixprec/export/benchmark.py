@@ -1,6 +1,7 @@
 """``benchmark``: one checkpoint in several deployment formats, side by side -- file size,
-accuracy (mAP50-95 on the val split, through the same validation code for every format) and
-median latency per image on the CPU, measured in one run.
+accuracy (the task's score on the val split, through the same validation code for every format:
+detection mAP50-95 and mAP50, segment3d the mean foreground Dice of whole volumes by sliding
+window) and median latency per image on the CPU (segment3d: per patch), measured in one run.
 
 Formats: ``pt`` (the PyTorch model in FP32), ``onnx`` (FP32), ``onnx-half`` (FP16),
 ``onnx-int8`` (INT8 QDQ). Latency: batch 1, images already preprocessed (the network only, as
@@ -41,9 +42,9 @@ class BenchmarkConfig:
     model: str
     data: str
     formats: tuple[str, ...] = ("pt", "onnx", "onnx-half", "onnx-int8")
-    imgsz: int | None = None
+    imgsz: Any = None  # int, "h,w" or (segment3d) "x,y,z"; None: the training size
     fraction: float = 0.25
-    keep_float: str = "dfl"
+    keep_float: str | None = None  # None: the task's default
     images: int = 50
     warmup: int = 5
     rounds: int = 3
@@ -86,6 +87,7 @@ def benchmark(cfg: BenchmarkConfig, save_dir: Path, verbose: bool = True) -> dic
     returns the JSON dict. A format that fails (e.g. an INT8 model that misses its accuracy
     check) gets a row with ``status: failed`` and the reason; the others still run."""
     from mixprec.export.backend import OnnxBackend
+    from mixprec.export.config import _imgsz
     from mixprec.export.tasks import task_for_model
     from mixprec.hardware import describe_device
     from mixprec.vision.backend import TorchBackend
@@ -95,8 +97,8 @@ def benchmark(cfg: BenchmarkConfig, save_dir: Path, verbose: bool = True) -> dic
     save_dir.mkdir(parents=True, exist_ok=True)
     src = Model(cfg.model)
     task = task_for_model(src.model)
-    imgsz = int(cfg.imgsz or src.ckpt.get("args", {}).get("imgsz") or task.default_imgsz)
-    size = (imgsz, imgsz)
+    size = task.input_size(_imgsz(cfg.imgsz), src.model, src.ckpt.get("args", {}))
+    key = task.score_columns[0][0]  # the main score: map (detection), dice (segment3d)
     rows: dict[str, dict[str, Any]] = {}
     runners: dict[str, Any] = {}
     for fmt in cfg.formats:
@@ -108,7 +110,7 @@ def benchmark(cfg: BenchmarkConfig, save_dir: Path, verbose: bool = True) -> dic
                 runners[fmt] = TorchBackend(src.model.float().eval().cpu())
             else:
                 stem = Path(cfg.model).stem
-                path = src.export(format="onnx", imgsz=imgsz, data=cfg.data, fraction=cfg.fraction,
+                path = src.export(format="onnx", imgsz=size, data=cfg.data, fraction=cfg.fraction,
                                   keep_float=cfg.keep_float, datasets_dir=cfg.datasets_dir,
                                   file=str(save_dir / f"{stem}{_SUFFIX[fmt]}.onnx"),
                                   **BENCH_FORMATS[fmt])
@@ -117,26 +119,28 @@ def benchmark(cfg: BenchmarkConfig, save_dir: Path, verbose: bool = True) -> dic
                            file_bytes=path.stat().st_size, size_bytes=path.stat().st_size)
             with _torch_threads(cfg.threads):
                 score = task.score(runners[fmt], cfg.data, size, None, cfg.datasets_dir)
-            row.update(map=score["map"], map50=score["map50"])
+            row.update({k: score[k] for k, _ in task.score_columns}, score=score["score"])
         except Exception as err:  # one failed format must not lose the others' figures
             row.update(status="failed", error=f"{type(err).__name__}: {err}")
             runners.pop(fmt, None)
         rows[fmt] = row
         if verbose:
-            print(f"{fmt}: {row.get('map', float('nan')):.4f} mAP50-95"
+            print(f"{fmt}: {row.get('score', float('nan')):.4f} {task.score_name}"
                   if row["status"] == "ok" else f"{fmt}: failed -- {row['error']}")
-    _latency(runners, rows, task, cfg, size)
+    _latency(runners, rows, task, cfg, size, task.metadata(src.model, src.ckpt))
     base = next((f for f in ("onnx", "pt") if rows.get(f, {}).get("status") == "ok"), None)
     for row in rows.values():
         if row["status"] == "ok" and base is not None:
             ref = rows[base]
-            row["map_delta"] = row["map"] - rows["pt"]["map"] if "pt" in runners else None
+            row[f"{key}_delta"] = row[key] - rows["pt"][key] if "pt" in runners else None
             row["latency_ratio"] = row["latency_ms"]["median"] / ref["latency_ms"]["median"]
             row["size_ratio"] = row["size_bytes"] / ref["size_bytes"]
     result = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "environment": {**describe_device("cpu"), "onnxruntime": _ort_version(),
                               "threads": cfg.threads or "default"},
-              "config": {**cfg.__dict__, "formats": list(cfg.formats), "imgsz": imgsz},
+              "config": {**cfg.__dict__, "formats": list(cfg.formats), "imgsz": list(size),
+                         "keep_float": cfg.keep_float or task.keep_float[0]},
+              "task": task.name, "score_columns": [list(c) for c in task.score_columns],
               "baseline": base, "rows": list(rows.values())}
     atomic_write_text(save_dir / "benchmark.json", json.dumps(result, indent=2))
     atomic_write_text(save_dir / "benchmark.md", to_markdown(result))
@@ -144,11 +148,12 @@ def benchmark(cfg: BenchmarkConfig, save_dir: Path, verbose: bool = True) -> dic
 
 
 def _latency(runners: dict[str, Any], rows: dict[str, dict[str, Any]], task: Any,
-             cfg: BenchmarkConfig, size: tuple[int, int]) -> None:
-    """Median per-image latency of each runner, formats interleaved round by round."""
+             cfg: BenchmarkConfig, size: tuple[int, ...], meta: dict[str, Any]) -> None:
+    """Median per-image (segment3d: per-patch) latency of each runner, formats interleaved
+    round by round."""
     if not runners:
         return
-    images = task.images(cfg.data, size, cfg.datasets_dir)
+    images = task.images(cfg.data, size, cfg.datasets_dir, meta)
     n = min(cfg.images, len(images))
     xs = [images.get(i)[None] for i in range(n)]
     times: dict[str, list[float]] = {f: [] for f in runners}
@@ -178,25 +183,33 @@ def to_markdown(result: dict[str, Any]) -> str:
     """The benchmark as a Markdown table with the environment and config."""
     env, cfg = result["environment"], result["config"]
     base = result["baseline"]
+    cols = result.get("score_columns", [["map", "mAP50-95"], ["map50", "mAP50"]])
+    key, title = cols[0]
+    seg = result.get("task") == "segment3d"
+    unit = "patch" if seg else "img"
     md = ["# mixprec benchmark", "",
-          f"{cfg['model']} on {cfg['data']} at imgsz {cfg['imgsz']}; {env.get('name')}, "
+          f"{cfg['model']} on {cfg['data']} at {'patch' if seg else 'imgsz'} "
+          f"{'x'.join(map(str, cfg['imgsz']))}; {env.get('name')}, "
           f"{env.get('cores')} cores, threads {env.get('threads')}, torch {env.get('torch')}, "
           f"onnxruntime {env.get('onnxruntime')}; created {result['created']}.", "",
-          f"| format | precision | size (MB) | mAP50-95 | mAP50 | Δ mAP50-95 vs pt | latency ms/img "
-          f"(median) | latency vs {base} |",
-          "|---|---|---|---|---|---|---|---|"]
+          f"| format | precision | size (MB) | {' | '.join(t for _, t in cols)} | Δ {title} vs pt | "
+          f"latency ms/{unit} (median) | latency vs {base} |",
+          "|---|---|---|" + "---|" * len(cols) + "---|---|---|"]
     for r in result["rows"]:
         if r["status"] != "ok":
-            md.append(f"| {r['format']} | failed: {r['error']} |  |  |  |  |  |  |")
+            md.append(f"| {r['format']} | failed: {r['error']} |" + "  |" * (len(cols) + 4))
             continue
-        delta = "" if r.get("map_delta") is None else f"{r['map_delta']:+.4f}"
-        md.append(f"| {r['format']} | {r['precision']} | {r['size_bytes'] / 1e6:.2f} | "
-                  f"{r['map']:.4f} | {r['map50']:.4f} | {delta} | "
-                  f"{r['latency_ms']['median']:.2f} | {r.get('latency_ratio', float('nan')):.2f}x |")
+        delta = "" if r.get(f"{key}_delta") is None else f"{r[f'{key}_delta']:+.4f}"
+        scores = " | ".join(f"{r[k]:.4f}" for k, _ in cols)
+        md.append(f"| {r['format']} | {r['precision']} | {r['size_bytes'] / 1e6:.2f} | {scores} | "
+                  f"{delta} | {r['latency_ms']['median']:.2f} | "
+                  f"{r.get('latency_ratio', float('nan')):.2f}x |")
+    what = ("Dice: mean foreground Dice of the whole val volumes, Gaussian sliding window at "
+            "overlap 0.5" if seg else "mAP: COCO (pycocotools) on the whole val split")
     md += ["", "Size: the ONNX file; for pt the FP32 weights (state_dict) alone, not the training "
-           "state the .pt also holds. mAP: COCO (pycocotools) on the whole val split, same "
-           "pre/post-processing for every format. Latency: batch 1, network only, formats "
-           f"interleaved over {cfg['rounds']} rounds of {cfg['images']} images after "
-           f"{cfg['warmup']} warm-up calls. INT8 calibrated on fraction {cfg['fraction']} of the "
-           f"val images, keep_float={cfg['keep_float']}.", ""]
+           f"state the .pt also holds. {what}, same pre/post-processing for every format. "
+           f"Latency: batch 1, network only, formats interleaved over {cfg['rounds']} rounds of "
+           f"{cfg['images']} {'val patches' if seg else 'images'} after {cfg['warmup']} warm-up "
+           f"calls. INT8 calibrated on fraction {cfg['fraction']} of the val "
+           f"{'patches' if seg else 'images'}, keep_float={cfg['keep_float']}.", ""]
     return "\n".join(md)

@@ -11,7 +11,8 @@ from mixprec.keys import Key
 __all__ = ["EXPORT_KEYS", "FORMATS", "KEEP_FLOAT", "ExportConfig", "ExportError"]
 
 FORMATS = ("onnx",)
-KEEP_FLOAT = ("dfl", "box", "none")  # detection: what stays FP32 in an INT8 model (see tasks.py)
+# what stays FP32 in an INT8 model; each task allows some of these (tasks.py)
+KEEP_FLOAT = ("dfl", "box", "norm", "none")
 MIN_OPSET, DEFAULT_OPSET = 17, 18  # 18: torch's exporter's own opset (17 is converted down)
 
 
@@ -23,15 +24,17 @@ class ExportError(ValueError):
 EXPORT_KEYS: dict[str, Key] = {
     "model": Key("runs/detect/train/weights/best.pt", "a .pt checkpoint (or a model YAML)"),
     "format": Key("onnx", "export format: onnx"),
-    "imgsz": Key(None, "input size (int or h,w; multiples of the stride); None: the training size"),
+    "imgsz": Key(None, "input size (int, h,w, or x,y,z for segment3d; multiples of the stride); None: "
+                       "the training size (segment3d: the training patch)"),
     "batch": Key(1, "batch size of the exported input (the dynamic axis's example with dynamic=True)"),
     "dynamic": Key(False, "dynamic batch and image size"),
     "half": Key(False, "FP16 weights and compute (inputs and outputs stay FP32)"),
     "int8": Key(False, "INT8 static quantization (QDQ, per-channel weights); needs data="),
     "data": Key(None, "data YAML whose val images calibrate int8 (and check it)"),
     "fraction": Key(1.0, "fraction of the val images used for int8 calibration (evenly spaced)"),
-    "keep_float": Key("dfl", "int8: what stays FP32 -- dfl (box-distribution conv + output "
-                             "concat), box (the whole box branch), none"),
+    "keep_float": Key(None, "int8: what stays FP32; None: the task's default. detect: dfl (default; "
+                            "box-distribution conv + output concat), box (the whole box branch), none; "
+                            "segment3d: norm (default; InstanceNorm), none"),
     "opset": Key(None, f"ONNX opset (>= {MIN_OPSET}); None: {DEFAULT_OPSET}"),
     "simplify": Key(True, "optimise the graph (onnxscript: constant folding, Conv+BN fusion)"),
     "check": Key(True, "compare outputs with PyTorch through onnxruntime (int8: mAP on val)"),
@@ -41,34 +44,35 @@ EXPORT_KEYS: dict[str, Key] = {
 }
 
 
-def _imgsz(value: Any) -> tuple[int, int] | None:
+def _imgsz(value: Any) -> tuple[int, ...] | None:
+    """``imgsz=`` as given: one size, h,w or (3D) x,y,z -> a tuple of 1 to 3 ints; the task
+    turns it into its input size (``tasks.*.input_size``)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = [v for v in value.replace("x", ",").split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        if len(value) == 1:
-            value = value[0]
-        elif len(value) == 2:
-            return int(value[0]), int(value[1])
-        else:
-            raise ExportError(f"imgsz={value!r}: give one size or two (h,w)")
-    return int(value), int(value)
+    items = value if isinstance(value, (list, tuple)) else \
+        [v for v in str(value).replace("x", ",").split(",") if v.strip()]
+    if not 1 <= len(items) <= 3:
+        raise ExportError(f"imgsz={value!r}: give one size, h,w, or x,y,z (3D)")
+    try:
+        return tuple(int(v) for v in items)
+    except ValueError as err:
+        raise ExportError(f"imgsz={value!r}: sizes must be integers") from err
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """What to export; ``imgsz`` is (h, w) or None (the checkpoint's training size)."""
+    """What to export; ``imgsz`` is the size as given (1 to 3 ints) or None (the checkpoint's
+    training size); ``keep_float`` None: the task's default."""
 
     format: str = "onnx"
-    imgsz: tuple[int, int] | None = None
+    imgsz: tuple[int, ...] | None = None
     batch: int = 1
     dynamic: bool = False
     half: bool = False
     int8: bool = False
     data: str | None = None
     fraction: float = 1.0
-    keep_float: str = "dfl"
+    keep_float: str | None = None
     opset: int = DEFAULT_OPSET
     simplify: bool = True
     check: bool = True
@@ -89,7 +93,7 @@ class ExportConfig:
                               "the activation ranges), e.g. data=shapes.yaml")
         if not 0.0 < self.fraction <= 1.0:
             raise ExportError(f"fraction={self.fraction}: use a fraction in (0, 1]")
-        if self.keep_float not in KEEP_FLOAT:
+        if self.keep_float is not None and self.keep_float not in KEEP_FLOAT:
             raise ExportError(f"keep_float={self.keep_float!r}: use one of {', '.join(KEEP_FLOAT)}")
         if self.opset < MIN_OPSET:
             raise ExportError(f"opset={self.opset}: use {MIN_OPSET} or newer")
@@ -121,7 +125,7 @@ class ExportConfig:
                 kw[k] = int(kw[k])
         if "fraction" in kw:
             kw["fraction"] = float(kw["fraction"])
-        if "keep_float" in kw:
+        if kw.get("keep_float") is not None:
             kw["keep_float"] = str(kw["keep_float"]).lower()
         for k in ("data", "file", "datasets_dir"):
             if kw.get(k) is not None:

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import torch
 
-from mixprec.export.config import ExportConfig, ExportError, _imgsz
+from mixprec.export.config import ExportConfig, ExportError
 from mixprec.export.metadata import set_metadata
 from mixprec.export.tasks import ExportTask, task_for_model
 
@@ -33,8 +33,13 @@ __all__ = ["TOLERANCE", "export_model", "max_relative_error"]
 # FP32: the same math in a different order (Conv+BN folded, other kernels). FP16: 11-bit
 # mantissa through ~30 layers. INT8 is judged by the task's accuracy instead (INT8_MAX_DROP).
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
-INT8_MAX_DROP = 0.01  # largest mAP50-95 drop of INT8 vs FP32 (ONNX) on the val images
+INT8_MAX_DROP = 0.01  # largest drop of the task's score (mAP50-95, Dice) of INT8 vs FP32 (ONNX)
 CHECK_IMAGES = 200  # the INT8 check scores at most this many val images (evenly spaced)
+
+
+def _outputs(out: Any) -> list[torch.Tensor]:
+    """A model's outputs as a list (a detector returns a list of maps, the U-Net one tensor)."""
+    return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
 class _Half(torch.nn.Module):
@@ -45,7 +50,7 @@ class _Half(torch.nn.Module):
         self.model = model.half()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [o.float() for o in self.model(x.half())]
+        return [o.float() for o in _outputs(self.model(x.half()))]
 
 
 def max_relative_error(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
@@ -63,10 +68,10 @@ def _default_path(source: str | None, precision: str) -> Path:
 
 
 def _torch_to_onnx(model: torch.nn.Module, task: ExportTask, cfg: ExportConfig,
-                   imgsz: tuple[int, int], stride: int, names: list[str]) -> onnx.ModelProto:
+                   imgsz: tuple[int, ...], stride: int, names: list[str]) -> onnx.ModelProto:
     """Trace ``model`` with torch's exporter; the exporter's progress lines are not printed."""
     batch = max(cfg.batch, 2) if cfg.dynamic else cfg.batch  # torch.export specialises size 1
-    x = task.example_input(imgsz, batch)
+    x = task.example_input(getattr(model, "model", model), imgsz, batch)
     dynamic = task.dynamic_shapes(imgsz, stride) if cfg.dynamic else None
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=cfg.opset,
@@ -81,7 +86,7 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _check_numerics(path: Path, model: torch.nn.Module, task: ExportTask, cfg: ExportConfig,
-                    imgsz: tuple[int, int], stride: int) -> dict[str, Any]:
+                    imgsz: tuple[int, ...], stride: int) -> dict[str, Any]:
     """Relative error of the ONNX outputs against the FP32 PyTorch model on seeded inputs (and
     on a second batch and size when the export is dynamic)."""
     from mixprec.export.backend import session
@@ -89,38 +94,43 @@ def _check_numerics(path: Path, model: torch.nn.Module, task: ExportTask, cfg: E
     sess = session(path, "cpu", threads=1)
     shapes = [(cfg.batch, imgsz)]
     if cfg.dynamic:
-        shapes.append((cfg.batch + 1, (imgsz[0] + stride, imgsz[1] + 2 * stride)))
+        shapes.append((cfg.batch + 1, tuple(s + (i + 1) * stride for i, s in enumerate(imgsz))))
     tol = TOLERANCE[cfg.precision]
     worst = 0.0
     for b, size in shapes:
-        x = task.example_input(size, b)
+        x = task.example_input(model, size, b)
         with torch.no_grad():
-            ref = [o.float().numpy() for o in model(x)]
+            ref = [o.float().numpy() for o in _outputs(model(x))]
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
         err = max_relative_error(got, ref)
         worst = max(worst, err)
         if not err <= tol:
             raise ExportError(f"{cfg.precision} ONNX outputs differ from PyTorch FP32 by {err:.3g} "
-                              f"(relative, input {b}x{size[0]}x{size[1]}; allowed {tol:g})")
+                              f"(relative, input {'x'.join(map(str, (b, *size)))}; allowed {tol:g})")
     return {"max_rel_err": worst, "tolerance": tol, "inputs": [[b, *s] for b, s in shapes]}
 
 
 def _check_int8(int8: Path, fp32: Path, task: ExportTask, cfg: ExportConfig,
-                imgsz: tuple[int, int], n_images: int) -> dict[str, Any]:
-    """mAP50-95 (the task's score) of the INT8 and the FP32 ONNX model on the same val images."""
+                imgsz: tuple[int, ...], n_images: int) -> dict[str, Any]:
+    """The task's score (mAP50-95, Dice) of the INT8 and the FP32 ONNX model on the same val
+    images (segment3d: the volumes of those tiles). Check keys: ``<key>_fp32``, ``<key>_int8``
+    with ``key`` the task's score (``map``, ``dice``)."""
     from mixprec.export.backend import OnnxBackend
     from mixprec.export.quantize import calibration_indices
 
     idx = calibration_indices(n_images, min(1.0, CHECK_IMAGES / n_images))
     s32 = task.score(OnnxBackend(fp32), cfg.data, imgsz, idx, cfg.datasets_dir)
     s8 = task.score(OnnxBackend(int8), cfg.data, imgsz, idx, cfg.datasets_dir)
-    drop = s32["map"] - s8["map"]
-    result = {"images": len(idx), "map_fp32": s32["map"], "map_int8": s8["map"], "drop": drop,
+    key, name = task.score_columns[0][0], task.score_name
+    drop = s32["score"] - s8["score"]
+    result = {"images": len(idx), "unit": getattr(task, "input_unit", "images"), "score": name,
+              f"{key}_fp32": s32["score"], f"{key}_int8": s8["score"], "drop": drop,
               "max_drop": INT8_MAX_DROP}
-    if drop > INT8_MAX_DROP:
-        raise ExportError(f"INT8 mAP50-95 {s8['map']:.4f} is {drop:.4f} below FP32 "
-                          f"{s32['map']:.4f} on {len(idx)} val images (allowed {INT8_MAX_DROP}); "
-                          "try keep_float=box, a larger fraction=, or check=False to keep it")
+    if not drop <= INT8_MAX_DROP:
+        hint = "/".join(k for k in task.keep_float if k != "none")
+        raise ExportError(f"INT8 {name} {s8['score']:.4f} is {drop:.4f} below FP32 "
+                          f"{s32['score']:.4f} on {len(idx)} val images (allowed {INT8_MAX_DROP}); "
+                          f"try keep_float={hint}, a larger fraction=, or check=False to keep it")
     return result
 
 
@@ -133,17 +143,20 @@ def export_model(model: torch.nn.Module, ckpt: dict[str, Any] | None = None,
     cfg = ExportConfig.from_kwargs(**kwargs)
     task = task_for_model(model)
     args = (ckpt or {}).get("args", {})
-    imgsz = cfg.imgsz or _imgsz(args.get("imgsz")) or (task.default_imgsz, task.default_imgsz)
+    if cfg.keep_float is not None and cfg.keep_float not in task.keep_float:
+        raise ExportError(f"keep_float={cfg.keep_float!r} is not for {task.name}; use one of "
+                          f"{', '.join(task.keep_float)}")
     model = copy.deepcopy(model).float().eval().cpu()
+    imgsz = task.input_size(cfg.imgsz, model, args)
     stride = task.stride(model)
-    if imgsz[0] % stride or imgsz[1] % stride:
+    if any(s % stride for s in imgsz):
         raise ExportError(f"imgsz={imgsz}: sizes must be multiples of the stride {stride}")
     out = Path(cfg.file) if cfg.file else _default_path(source, cfg.precision)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = task.output_names(model)
     meta: dict[str, Any] = {
-        "mixprec": _version(), "task": task.name, **task.metadata(model),
-        "imgsz": list(imgsz), "batch": cfg.batch, "dynamic": cfg.dynamic,
+        "mixprec": _version(), "task": task.name, **task.metadata(model, ckpt),
+        "imgsz": list(imgsz), task.size_key: list(imgsz), "batch": cfg.batch, "dynamic": cfg.dynamic,
         "precision": cfg.precision, "opset": cfg.opset,
         "trained_precision": args.get("precision", "unknown" if ckpt else "untrained"),
         "data": args.get("data"), "source": source, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -159,15 +172,15 @@ def export_model(model: torch.nn.Module, ckpt: dict[str, Any] | None = None,
             set_metadata(proto, meta)
             _save(proto, fp32)
             meta = {**meta, "precision": "int8", "int8": _quantize(fp32, work, proto, task, cfg,
-                                                                   imgsz)}
+                                                                   imgsz, meta)}
             proto = onnx.load(str(work))
         set_metadata(proto, meta)
         _save(proto, work)
         if cfg.check:
             try:
                 if cfg.int8:
-                    meta["check"] = _check_int8(work, fp32, task, cfg, imgsz,
-                                                len(task.images(cfg.data, imgsz, cfg.datasets_dir)))
+                    n = len(task.images(cfg.data, imgsz, cfg.datasets_dir, meta))
+                    meta["check"] = _check_int8(work, fp32, task, cfg, imgsz, n)
                 else:
                     meta["check"] = _check_numerics(work, model, task, cfg, imgsz, stride)
             except ExportError as err:
@@ -181,16 +194,19 @@ def export_model(model: torch.nn.Module, ckpt: dict[str, Any] | None = None,
 
 
 def _quantize(fp32: Path, out: Path, proto: onnx.ModelProto, task: ExportTask, cfg: ExportConfig,
-              imgsz: tuple[int, int]) -> dict[str, Any]:
+              imgsz: tuple[int, ...], meta: dict[str, Any]) -> dict[str, Any]:
     from mixprec.export.quantize import CalibrationReader, calibration_indices, quantize_int8
 
-    images = task.images(cfg.data, imgsz, cfg.datasets_dir)
+    images = task.images(cfg.data, imgsz, cfg.datasets_dir, meta)
+    if len(images) == 0:
+        raise ExportError(f"int8: data={cfg.data} has no val images to calibrate on")
     idx = calibration_indices(len(images), cfg.fraction)
     reader = CalibrationReader(images, idx, "images", cfg.batch)
-    keep = task.float_nodes(proto, cfg.keep_float)
+    keep_float = cfg.keep_float or task.keep_float[0]
+    keep = task.float_nodes(proto, keep_float)
     info = quantize_int8(fp32, out, reader, keep)
     return {"data": cfg.data, "split": "val", "fraction": cfg.fraction,
-            "keep_float": cfg.keep_float, **info}
+            "keep_float": keep_float, **info}
 
 
 def _version() -> str:

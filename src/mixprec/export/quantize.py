@@ -67,17 +67,21 @@ class CalibrationReader(CalibrationDataReader):
 
 
 def quantize_int8(fp32: str | Path, out: str | Path, reader: CalibrationReader,
-                  keep_float: Sequence[str]) -> dict[str, Any]:
-    """Quantize the FP32 ONNX ``fp32`` into ``out`` (QDQ, S8S8, per-channel weights), nodes in
-    ``keep_float`` excluded. Returns what was done, for the model's metadata."""
+                  keep_float: Sequence[str], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Quantize the FP32 ONNX ``fp32`` into ``out`` (QDQ, U8S8, per-channel weights), nodes in
+    ``keep_float`` excluded. ``options``: ``quantize_static`` arguments that replace these
+    settings (``benchmarks/int8_profile.py`` compares some). Returns what was done, for the
+    model's metadata."""
+    kwargs: dict[str, Any] = dict(quant_format=QuantFormat.QDQ, per_channel=True,
+                                  activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                  nodes_to_exclude=list(keep_float),
+                                  calibrate_method=CalibrationMethod.MinMax)
+    kwargs.update(options or {})
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing" advice: the graph is optimised
     try:
-        quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float),
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(str(fp32), str(out), reader, **kwargs)
     finally:
         root.setLevel(level)
     return {"format": "QDQ", "activations": "uint8 per tensor (MinMax calibration)",

@@ -1,15 +1,16 @@
 """The per-task hook of the exporter: everything export, INT8 calibration and the ONNX backend
 need to know about one task. ``DetectionTask`` is the only task-specific code in
-``mixprec.export``; a new task (the 3D U-Net) adds one class with the same methods and
-registers it in ``TASKS``.
+``mixprec.export``; ``Segment3DTask`` (the 3D U-Net) is the second, with the same methods.
 
 Hook methods: ``matches(model)``; ``stride(model)`` (input sizes must be multiples of it);
-``default_imgsz``; ``example_input(imgsz, batch)``; ``dynamic_shapes(imgsz, stride)`` (a
-``torch.export`` spec for the one input); ``output_names(model)``; ``metadata(model)``;
-``head(meta)`` (what post-processing needs, from the metadata); ``float_nodes(model_proto,
-keep)`` (ONNX nodes that stay FP32 under INT8); ``images(data, imgsz, datasets_dir)`` (the val
-split as a ``TaskImages``) and ``score(backend, data, imgsz, indices, datasets_dir)`` (the
-task's accuracy figure, for the INT8 check and the benchmark).
+``input_size(value, model, args)`` (the export size from ``imgsz=``, else the training size);
+``example_input(model, size, batch)``; ``dynamic_shapes(size, stride)`` (a ``torch.export``
+spec for the one input); ``output_names(model)``; ``metadata(model, ckpt)``; ``head(meta)``
+(what post-processing needs, from the metadata); ``keep_float`` (allowed values, default
+first) and ``float_nodes(model_proto, keep)`` (ONNX nodes that stay FP32 under INT8);
+``images(data, size, datasets_dir, meta)`` (the calibration inputs: ``names``, ``len``,
+``get(i)``) and ``score(backend, data, size, indices, datasets_dir)`` (the task's accuracy
+figures, ``score`` the main one, named ``score_name``; for the INT8 check and the benchmark).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import onnx
 import torch
 
 from mixprec.export.config import ExportError
+from mixprec.export.seg3d_task import Segment3DTask
 
-__all__ = ["TASKS", "DetectHead", "DetectionTask", "ExportTask", "TaskImages", "task_for_model",
-           "task_named"]
+__all__ = ["TASKS", "DetectHead", "DetectionTask", "ExportTask", "Segment3DTask", "TaskImages",
+           "task_for_model", "task_named"]
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,24 @@ class TaskImages:
 class ExportTask(Protocol):
     name: str
     default_imgsz: int
+    size_key: str  # the training arg holding the input size (imgsz, patch)
+    score_name: str  # what score()["score"] is (mAP50-95, Dice)
+    score_columns: tuple[tuple[str, str], ...]  # (score key, column title) for the benchmark table
+    keep_float: tuple[str, ...]  # allowed keep_float values, the default first
 
     def matches(self, model: torch.nn.Module) -> bool: ...
     def stride(self, model: torch.nn.Module) -> int: ...
-    def example_input(self, imgsz: tuple[int, int], batch: int) -> torch.Tensor: ...
-    def dynamic_shapes(self, imgsz: tuple[int, int], stride: int) -> dict[str, Any]: ...
+    def input_size(self, value: tuple[int, ...] | None, model: torch.nn.Module,
+                   args: dict[str, Any]) -> tuple[int, ...]: ...
+    def example_input(self, model: torch.nn.Module, size: tuple[int, ...], batch: int) -> torch.Tensor: ...
+    def dynamic_shapes(self, size: tuple[int, ...], stride: int) -> dict[str, Any]: ...
     def output_names(self, model: torch.nn.Module) -> list[str]: ...
-    def metadata(self, model: torch.nn.Module) -> dict[str, Any]: ...
+    def metadata(self, model: torch.nn.Module, ckpt: dict[str, Any] | None) -> dict[str, Any]: ...
     def head(self, meta: dict[str, Any]) -> Any: ...
     def float_nodes(self, model: onnx.ModelProto, keep: str) -> list[str]: ...
-    def images(self, data: str, imgsz: tuple[int, int], datasets_dir: str) -> TaskImages: ...
-    def score(self, backend: Any, data: str, imgsz: tuple[int, int],
+    def images(self, data: str, size: tuple[int, ...], datasets_dir: str,
+               meta: dict[str, Any] | None = None) -> Any: ...
+    def score(self, backend: Any, data: str, size: tuple[int, ...],
               indices: Sequence[int] | None, datasets_dir: str) -> dict[str, float]: ...
 
 
@@ -92,6 +101,10 @@ class DetectionTask:
 
     name = "detect"
     default_imgsz = 640
+    size_key = "imgsz"
+    score_name = "mAP50-95"
+    score_columns = (("map", "mAP50-95"), ("map50", "mAP50"))
+    keep_float = ("dfl", "box", "none")
 
     def matches(self, model: torch.nn.Module) -> bool:
         from mixprec.vision.models import DetectionModel
@@ -101,7 +114,15 @@ class DetectionTask:
     def stride(self, model: torch.nn.Module) -> int:
         return int(model.head.stride.max())
 
-    def example_input(self, imgsz: tuple[int, int], batch: int) -> torch.Tensor:
+    def input_size(self, value: tuple[int, ...] | None, model: torch.nn.Module,
+                   args: dict[str, Any]) -> tuple[int, int]:
+        """(h, w) from ``imgsz=`` (one size or h,w), else the training imgsz, else 640."""
+        value = value or _as_tuple(args.get("imgsz")) or (self.default_imgsz,)
+        if len(value) > 2:
+            raise ExportError(f"imgsz={','.join(map(str, value))}: a detector takes one size or h,w")
+        return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+
+    def example_input(self, model: torch.nn.Module, imgsz: tuple[int, ...], batch: int) -> torch.Tensor:
         return torch.rand(batch, 3, *imgsz, generator=torch.Generator().manual_seed(0))
 
     def dynamic_shapes(self, imgsz: tuple[int, int], stride: int) -> dict[str, Any]:
@@ -113,7 +134,7 @@ class DetectionTask:
     def output_names(self, model: torch.nn.Module) -> list[str]:
         return [f"p{int(s).bit_length() - 1}" for s in model.head.stride.tolist()]  # 8 -> p3
 
-    def metadata(self, model: torch.nn.Module) -> dict[str, Any]:
+    def metadata(self, model: torch.nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
         h = model.head
         return {"stride": [float(s) for s in h.stride.tolist()], "reg_max": int(h.reg_max),
                 "nc": int(h.nc), "names": {int(k): str(v) for k, v in model.names.items()}}
@@ -145,7 +166,8 @@ class DetectionTask:
                 keep_nodes += sorted(_ancestors(box, producers) - _ancestors(cls, producers))
         return keep_nodes
 
-    def images(self, data: str, imgsz: tuple[int, int], datasets_dir: str) -> TaskImages:
+    def images(self, data: str, imgsz: tuple[int, ...], datasets_dir: str,
+               meta: dict[str, Any] | None = None) -> TaskImages:
         from pathlib import Path
 
         from mixprec.vision.data import build_dataloader, load_data_config
@@ -170,10 +192,18 @@ class DetectionTask:
         loader = DataLoader(ds, batch_size=16, collate_fn=collate)
         loader.dataset.index = imgs.dataset.index  # validate reads the labels through it
         res = validate(backend, loader, backend.names, verbose=False)
-        return {"map": float(res.box.map), "map50": float(res.box.map50)}
+        return {"score": float(res.box.map), "map": float(res.box.map), "map50": float(res.box.map50)}
 
 
-TASKS: dict[str, ExportTask] = {"detect": DetectionTask()}
+def _as_tuple(value: Any) -> tuple[int, ...] | None:
+    """A training size arg (64, "64", "96,96,64", [96, 96, 64]) as a tuple of ints; None: None."""
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else str(value).replace("x", ",").split(",")
+    return tuple(int(v) for v in items if str(v).strip())
+
+
+TASKS: dict[str, ExportTask] = {"detect": DetectionTask(), "segment3d": Segment3DTask()}
 
 
 def task_for_model(model: torch.nn.Module) -> ExportTask:

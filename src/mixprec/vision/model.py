@@ -98,9 +98,11 @@ class Model:
         data and imgsz; it runs in the precision it was exported in, ``amp`` is ignored)."""
         a = check_keys({"model": self.source, **kwargs}, self.task.val_keys, "val")
         trained = self.ckpt["args"] if self.ckpt is not None else {}
-        if self.backend is not None:
-            trained = {"data": self.backend.meta.get("data"), "imgsz": self.backend.meta["imgsz"][0]}
         size = self.task.size_key
+        if self.backend is not None:  # the export size (detection: imgsz; segment3d: the patch)
+            meta = self.backend.meta
+            export_size = meta["imgsz"][0] if size == "imgsz" else meta.get(size)
+            trained = {"data": meta.get("data"), size: export_size}
         for key in ("data", size, "datasets_dir"):  # default: as the model was trained
             if kwargs.get(key) is None and trained.get(key) is not None:
                 a[key] = trained[key]

@@ -238,11 +238,27 @@ def load_weights(path: str | Path, task: Task | None = None) -> tuple[nn.Module,
     return model, ckpt
 
 
+def onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of an exported ``.onnx`` (empty when it has none; weights are not
+    loaded). ``mixprec.export.read_metadata`` is the checked reader; this is for picking the task."""
+    import json
+
+    import onnx
+
+    props = onnx.load(str(path), load_external_data=False).metadata_props
+    try:
+        return {p.key: json.loads(p.value) for p in props}
+    except json.JSONDecodeError:
+        return {}
+
+
 def task_for_model(model: str | Path, record: dict[str, Any] | None = None) -> Task:
     """The task of a model: a checkpoint's model record names it; a YAML is claimed by its
     task (detection when no other task claims it)."""
     if record is None and str(model).endswith(".pt") and Path(model).is_file():
         record = load_checkpoint(model).get("model", {})
+    if record is None and str(model).endswith(".onnx") and Path(model).is_file():
+        record = onnx_metadata(model)  # an exported model names its task in its metadata
     if record is not None:
         return get_task(record.get("task", DEFAULT_TASK))
     for name in TASKS:

@@ -33,7 +33,7 @@ from mixprec.vision.segment3d.dataset import (
 from mixprec.vision.segment3d.keys import PREDICT_KEYS, SEG_KEYS, VAL_KEYS
 from mixprec.vision.segment3d.loss import DiceCELoss
 from mixprec.vision.segment3d.metrics import SegMetrics
-from mixprec.vision.segment3d.predict import predict_logits, predict_volume
+from mixprec.vision.segment3d.predict import net_info, predict_logits, predict_volume
 from mixprec.vision.segment3d.resample import median_spacing, parse_spacing, resample_case
 from mixprec.vision.segment3d.sampler import patch_loader
 from mixprec.vision.segment3d.schedule import poly_decay
@@ -217,6 +217,13 @@ class Segment3DTask(Task):
             stats = record.get("norm")  # normalise and resample as in training
             if "spacing" not in args and record.get("spacing"):
                 spacing = tuple(float(v) for v in record["spacing"])
+        elif str(args.get("model", "")).endswith(".onnx") and Path(args["model"]).is_file():
+            from mixprec.vision.task import onnx_metadata
+
+            meta = onnx_metadata(args["model"])
+            stats = meta.get("norm")  # an exported model's training stats and spacing
+            if "spacing" not in args and meta.get("spacing"):
+                spacing = tuple(float(v) for v in meta["spacing"])
         return SegData(cfg, bool(args.get("verbose", True)),
                        [tuple(s) for s in stats] if stats else None, spacing)
 
@@ -298,17 +305,15 @@ class Segment3DTask(Task):
     def validate(self, model: nn.Module, loader: Any, data: Any, autocast: Callable[[], Any] | None,
                  loss_fn: Callable | None, args: dict[str, Any], save_dir: Path | None,
                  final: bool) -> SegResults:
-        patch = parse_patch(args["patch"]) if args.get("patch") is not None else model.patch
+        patch = parse_patch(args["patch"]) if args.get("patch") is not None else net_info(model).patch
         hd95 = final and bool(args.get("hd95", True))
         if hd95 and importlib.util.find_spec("monai") is None:
             print("segment3d: HD95 needs MONAI (pip install monai); reporting Dice only")
             hd95 = False
         metrics = SegMetrics(dict(data.names))
-        was_training = model.training
-        for case in loader:
+        for case in loader:  # a UNet3D or a backend (an exported .onnx): the same inference
             logits = predict_logits(model, case.image, patch, autocast, float(args.get("overlap", 0.5)))
             metrics.add(logits.argmax(0).cpu().numpy(), case.label, case.spacing, hd95=hd95)
-        model.train(was_training)
         results = SegResults(metrics, len(loader))
         if final and args.get("verbose", True):
             print(f"{len(loader)} volumes, sliding window {patch}\n{results.table()}")
@@ -337,14 +342,15 @@ class Segment3DTask(Task):
         paths = nifti_files([Path(p) for p in items])
         if not paths:
             raise FileNotFoundError(f"no .nii/.nii.gz volume at {source}")
-        window = parse_patch(patch) if patch is not None else model.patch
+        info = net_info(model)  # a UNet3D or a backend (an exported .onnx)
+        window = parse_patch(patch) if patch is not None else info.patch
         if window is None:
             raise ValueError("this model has no training patch: give patch=... (e.g. patch=64)")
         out = []
         for p in paths:
             target = save_dir / f"{Case(p, None).name}.nii.gz" if save_dir is not None else None
             labels, affine = predict_volume(model, p, window, target, autocast, probabilities, overlap)
-            out.append(Segmentation(p, labels, affine, dict(model.names), target))
+            out.append(Segmentation(p, labels, affine, dict(info.names), target))
         return out
 
     def predict_command(self, model: nn.Module, config: dict[str, Any]) -> int:
