@@ -1,7 +1,8 @@
 """``DetectionModel``: a detector built from a YAML description (``det-n.yaml``, ``det-s.yaml``).
 
 The YAML holds ``nc``, ``depth``, ``width``, ``max_channels``, optional ``bn_momentum`` (PyTorch's
-convention, default 0.1; YOLOv8 uses 0.03) and two lists of rows
+convention, default 0.1; YOLOv8 uses 0.03), optional ``act`` (the activation of every Conv-BN-act
+block in backbone, neck and head: ``silu``, the default, ``relu`` or ``leaky_relu``) and two lists of rows
 ``[from, repeats, module, args]`` (``backbone`` then ``head``). Channels in ``args`` are scaled
 by ``width`` (rounded to a multiple of 8, capped at ``max_channels``) and repeats by ``depth``.
 The built-in files ship in this folder; any other path is read from disk.
@@ -20,11 +21,15 @@ from torch import nn
 from mixprec.io import read_yaml
 from mixprec.vision.models.blocks import SPPF, C2f, Concat, Conv, Detect, Upsample
 
-__all__ = ["DetectionModel", "load_model_yaml", "model_info"]
+__all__ = ["ACTIVATIONS", "DetectionModel", "load_model_yaml", "model_info"]
 
 _MODULES = {"Conv": Conv, "C2f": C2f, "SPPF": SPPF, "Concat": Concat, "Upsample": Upsample,
             "Detect": Detect}
 _BUILTIN = Path(__file__).parent
+# ``act:`` -> the module each Conv-BN-act block gets. The blocks build SiLU; another choice replaces
+# it after the build. ReLU folds into onnxruntime's QLinearConv in an INT8 export, SiLU does not
+# (it runs as QLinearSigmoid + QLinearMul); see docs/export.md.
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1)}
 
 
 def load_model_yaml(name: str | Path) -> dict[str, Any]:
@@ -46,6 +51,18 @@ def load_model_yaml(name: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def _set_activation(layers: nn.Module, act: str) -> None:
+    """Give every Conv-BN-act block (``Conv``, ``DWConv``; not those built with ``act=False``, not
+    the head's plain output convs) the activation ``act``. ``silu`` leaves the blocks as built."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"model YAML act={act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+    if act == "silu":
+        return
+    for m in layers.modules():
+        if isinstance(m, Conv) and not isinstance(m.act, nn.Identity):
+            m.act = ACTIVATIONS[act]()
+
+
 def _make_divisible(x: float, divisor: int = 8) -> int:
     return int(math.ceil(x / divisor) * divisor)
 
@@ -64,6 +81,7 @@ class DetectionModel(nn.Module):
             self.yaml["nc"] = int(nc)
         self.nc = int(self.yaml["nc"])
         self.layers, self.save, self.sources = self._build(self.yaml)
+        _set_activation(self.layers, self.yaml.get("act", "silu"))
         head = self.layers[-1]
         with torch.no_grad():
             s = 64  # a small dry run finds the strides
