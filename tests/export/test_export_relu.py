@@ -15,8 +15,8 @@ import torch
 from vision_helpers import TINY_MODEL
 
 from mixprec import Model
-from mixprec.export import max_relative_error, read_metadata
 from mixprec.export import exporter as exporter_mod
+from mixprec.export import max_relative_error, read_metadata
 from mixprec.export.exporter import INT8_MAX_DROP
 from mixprec.io import save_checkpoint
 from mixprec.vision.models import DetectionModel, load_model_yaml
