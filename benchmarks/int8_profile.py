@@ -27,7 +27,13 @@ Variants:
   fused x*sigmoid(x)) -> QuantizeLinear (not exact: skips the sigmoid's own rounding).
 - ``fp32_relu``, ``int8_relu``: the FP32 graph with every SiLU replaced by ReLU, and its INT8
   export -- a *different network* (no retraining: accuracy meaningless), profiled to show what
-  an activation that quantizes into QLinearConv would leave.
+  an activation that quantizes into QLinearConv would leave. Skipped (with the SiLU rewrites)
+  when the model has no SiLU, e.g. ``det-n-relu.yaml``.
+- ``base_fp32``, ``base_int8`` (with ``--baseline other.pt``): another trained model's FP32 and
+  INT8 exports in the same interleaved profile, e.g. det-n beside det-n-relu; the table then also
+  gives each kernel sum relative to ``base_fp32``.
+
+``--variants none`` profiles only fp32, int8 (and the baseline): a shorter run.
 """
 
 from __future__ import annotations
@@ -238,6 +244,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="fresh sessions (their spread is reported)")
     ap.add_argument("--datasets-dir", default="datasets")
     ap.add_argument("--out", default="runs/int8_profile")
+    ap.add_argument("--baseline", default=None, help="another trained .pt profiled beside (e.g. det-n)")
+    ap.add_argument("--variants", choices=("all", "none"), default="all",
+                    help="none: only fp32 and int8 (and the baseline)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -249,18 +258,26 @@ def main() -> None:
     int8 = src.export(file=str(out / "int8.onnx"), int8=True, check=False, **common)
     meta = json.loads(next(p.value for p in onnx.load(str(int8)).metadata_props if p.key == "int8"))
     files: dict[str, tuple[Path, Any]] = {"fp32": (fp32, None), "int8": (int8, None)}
+    if a.baseline:
+        base = Model(a.baseline)
+        files["base_fp32"] = (base.export(file=str(out / "base_fp32.onnx"), check=False, imgsz=a.imgsz), None)
+        files["base_int8"] = (base.export(file=str(out / "base_int8.onnx"), int8=True, check=False,
+                                          **common), None)
     size = tuple(json.loads(next(p.value for p in onnx.load(str(fp32)).metadata_props if p.key == "imgsz")))
     images = task.images(a.data, size, a.datasets_dir, task.metadata(src.model, src.ckpt))
     idx = calibration_indices(len(images), a.fraction)
-    for name, options in QUANT_VARIANTS.items():
+    for name, options in QUANT_VARIANTS.items() if a.variants == "all" else ():
         path = out / f"{name}.onnx"
         quantize_int8(fp32, path, CalibrationReader(images, idx, "images"), meta["float_nodes"], options)
         files[name] = (path, None)
-    for lvl, level in LEVELS.items():
+    for lvl, level in LEVELS.items() if a.variants == "all" else ():
         files[f"int8@{lvl}"] = (int8, level)
-    for mode in ("lut", "quickgelu"):
+    for mode in ("lut", "quickgelu") if a.variants == "all" else ():
         proto = onnx.load(str(int8))
         n = rewrite_silu(proto, mode)
+        if n == 0:  # no SiLU (a ReLU model): nothing to rewrite
+            print(f"silu_{mode}: no SiLU in the model, skipped")
+            continue
         path = out / f"silu_{mode}.onnx"
         if mode == "quickgelu" and not any(o.domain == "com.microsoft" for o in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -270,33 +287,38 @@ def main() -> None:
         files[f"silu_{mode}"] = (path, None)
         print(f"silu_{mode}: {n} SiLUs rewritten")
     relu = onnx.load(str(fp32))
-    print(f"relu variant: {silu_to_relu(relu)} SiLUs replaced")
-    onnx.save(relu, str(out / "fp32_relu.onnx"))
-    quantize_int8(out / "fp32_relu.onnx", out / "int8_relu.onnx", CalibrationReader(images, idx, "images"),
-                  meta["float_nodes"])
-    files["fp32_relu"] = (out / "fp32_relu.onnx", None)
-    files["int8_relu"] = (out / "int8_relu.onnx", None)
+    n_relu = silu_to_relu(relu) if a.variants == "all" else 0
+    print(f"relu variant: {n_relu} SiLUs replaced")
+    if n_relu:
+        onnx.save(relu, str(out / "fp32_relu.onnx"))
+        quantize_int8(out / "fp32_relu.onnx", out / "int8_relu.onnx",
+                      CalibrationReader(images, idx, "images"), meta["float_nodes"])
+        files["fp32_relu"] = (out / "fp32_relu.onnx", None)
+        files["int8_relu"] = (out / "int8_relu.onnx", None)
     x = images.get(0)[None].numpy().astype(np.float32)
     rows = merge([profile(files, x, a.runs, a.rounds) for _ in range(a.repeats)])
     ref = rows["int8"]["outputs"]
     lines = [f"# INT8 profile: {a.model} at {'x'.join(map(str, size))}, onnxruntime {ort.__version__}, "
              f"1 thread, per-node minimum over {a.repeats} sessions x {a.rounds} interleaved rounds x "
              f"{a.runs} calls", "",
-             "| model | kernel sum vs fp32 | per session | QLinearConv / Conv share | SiLU share | top ops | "
-             "max diff vs int8 | QLinearConv | Transpose |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | kernel sum vs fp32 | vs base_fp32 | per session | QLinearConv / Conv share | "
+             "SiLU share | top ops | max diff vs int8 | QLinearConv | Transpose |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     base = rows["fp32"]["sum_us"]
+    other = rows["base_fp32"]["sum_us"] if "base_fp32" in rows else None
     for name, r in rows.items():
         tot = r["sum_us"]
         share = {k: 100 * v / tot for k, v in sorted(r["by_op"].items(), key=lambda kv: -kv[1])}
         silu = sum(v for k, v in share.items() if k in SILU_OPS)
         conv = share.get("QLinearConv", 0) + share.get("Conv", 0)
         top = ", ".join(f"{k} {v:.0f}%" for k, v in list(share.items())[:4])
-        diff = "" if name in ("fp32", "fp32_relu") else \
-            "(other net)" if name == "int8_relu" else f"{_rel_diff(r['outputs'], ref):.2g}"
+        diff = "" if name in ("fp32", "fp32_relu", "base_fp32") else \
+            "(other net)" if name in ("int8_relu", "base_int8") else f"{_rel_diff(r['outputs'], ref):.2g}"
+        vs_base = f"{tot / other:.2f}" if other else ""
         spread = "-".join(f"{v / b:.2f}" for v, b in ((min(r["sums_us"]), max(rows["fp32"]["sums_us"])),
                                                       (max(r["sums_us"]), min(rows["fp32"]["sums_us"]))))
-        lines.append(f"| {name} | {tot / base:.2f} | {spread} | {conv:.0f}% | {silu:.0f}% | {top} | {diff} | "
-                     f"{r['ops'].get('QLinearConv', 0)} | {r['ops'].get('Transpose', 0)} |")
+        lines.append(f"| {name} | {tot / base:.2f} | {vs_base} | {spread} | {conv:.0f}% | {silu:.0f}% | "
+                     f"{top} | {diff} | {r['ops'].get('QLinearConv', 0)} | {r['ops'].get('Transpose', 0)} |")
         r.pop("outputs")
     lines += ["", "Kernel sum: the per-node minima summed -- a load-robust profile, not a latency. "
               "Time latency with benchmarks/export_formats.py or mixprec benchmark on a quiet machine.", ""]
