@@ -10,7 +10,8 @@ noise hits them alike, and prints:
   the first variant;
 * per op class (``torch.profiler``, self CPU time over the profiled steps): convolution/GEMM,
   normalisation, elementwise/activation, dtype casts, layout copies, concat/split, reductions,
-  the optimizer's multi-tensor kernels, inductor's fused kernels, and everything else -- what
+  the optimizer's multi-tensor kernels, inductor's fused kernels (a compiled graph's self time:
+  its fused C++/Triton kernels are not separate events), and everything else -- what
   share of the step is the arithmetic the low-precision units speed up, and what is not.
 
 A variant is a precision, optionally compiled (``--compile``: each precision eager *and*
@@ -74,7 +75,7 @@ def variants(precisions: list[str], compile: bool, channels_last: str) -> list[V
 # first match wins; names are aten ops (self time, so a composite op's children count apart)
 OP_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data loading", ("dataloader", "enumerate(")),
-    ("fused (inductor)", ("cpp_fused", "triton_", "kernel_cpp", "graph_0_", "compiledfunction")),
+    ("fused (inductor)", ("cpp_fused", "triton_", "kernel_cpp", "compiledfxgraph", "compiledfunction")),
     ("conv/gemm", ("conv", "mkldnn_convolution", "addmm", "::mm", "bmm", "matmul", "linear",
                    "_convolution")),
     ("norm", ("batch_norm", "native_batch_norm", "layer_norm", "group_norm", "instance_norm")),

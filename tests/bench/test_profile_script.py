@@ -35,6 +35,7 @@ def test_variants_cover_precisions_compile_and_layouts():
                       "bf16-mixed+compile+cl-off"]
     assert [v.label for v in mod.variants(["32"], False, "task")] == ["32"]
     assert mod.op_class("cpp_fused_add_mul_silu_0") == "fused (inductor)"
+    assert mod.op_class("## Call CompiledFxGraph f4kx ##") == "fused (inductor)"
     assert mod.op_class("aten::mkldnn_convolution") == "conv/gemm"
 
 
