@@ -9,7 +9,8 @@ noise hits them alike, and prints:
 * per phase: median milliseconds per step and its share, for each variant, and the ratio to
   the first variant;
 * per op class (``torch.profiler``, self CPU time over the profiled steps): convolution/GEMM,
-  normalisation, elementwise/activation, dtype casts, layout copies, concat/split, reductions,
+  normalisation, elementwise/activation, dtype casts (with the ``copy_`` inside each
+  ``_to_copy``, where a conversion's work is), layout copies, concat/split, reductions,
   the optimizer's multi-tensor kernels, inductor's fused kernels (a compiled graph's self time:
   its fused C++/Triton kernels are not separate events), and everything else -- what
   share of the step is the arithmetic the low-precision units speed up, and what is not.
@@ -200,12 +201,26 @@ def timed_step(run: dict) -> dict[str, float]:
     return {p: 1000 * (b - a) for p, a, b in zip(PHASES, t[:-1], t[1:], strict=True)}
 
 
+CAST_COPY = "aten::copy_ (in aten::_to_copy)"
+
+
+def op_key(name: str, parent: str | None) -> str:
+    """The name an event's self time is booked under: a dtype conversion does its work in an
+    ``aten::copy_`` *inside* ``aten::_to_copy`` (whose own self time is only the allocation), so
+    that copy counts as a cast, not as a layout copy."""
+    return CAST_COPY if name == "aten::copy_" and parent == "aten::_to_copy" else name
+
+
 def op_times(run: dict, steps: int) -> dict[str, float]:
-    """Self CPU milliseconds per op, per step, over ``steps`` profiled steps."""
+    """Self CPU milliseconds per op (``op_key``), per step, over ``steps`` profiled steps."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             timed_step(run)
-    return {ev.key: ev.self_cpu_time_total / 1000 / steps for ev in prof.key_averages()}
+    out: dict[str, float] = defaultdict(float)
+    for ev in prof.events():
+        parent = ev.cpu_parent.name if ev.cpu_parent is not None else None
+        out[op_key(ev.name, parent)] += ev.self_cpu_time_total / 1000 / steps
+    return dict(out)
 
 
 def by_class(op_ms: dict[str, float]) -> dict[str, float]:

@@ -70,3 +70,28 @@ def test_tiny_detection_profile_eager_and_compiled(tmp_path, counting_compile, m
     table = capsys.readouterr().out
     assert "| **whole step** |" in table and "| op class (self CPU time, torch.profiler) |" in table
     assert rec["table"] in table
+
+
+def test_a_dtype_conversion_is_booked_as_a_cast_not_a_layout_copy():
+    # the conversion's work happens in aten::copy_ under aten::_to_copy: the table must call it
+    # a cast; a contiguous() copy stays a layout copy
+    mod = _script()
+    assert mod.op_class(mod.op_key("aten::copy_", "aten::_to_copy")) == "cast"
+    assert mod.op_class(mod.op_key("aten::copy_", "aten::clone")) == "layout copy"
+    x = torch.randn(256, 256)
+    run = {"steps": 0}
+
+    def fake_step(_run):
+        x.to(torch.bfloat16)
+        x.t().contiguous()
+        return {}
+
+    real = mod.timed_step
+    mod.timed_step = fake_step
+    try:
+        ms = mod.op_times(run, 2)
+    finally:
+        mod.timed_step = real
+    assert ms.get(mod.CAST_COPY, 0) > 0
+    classes = mod.by_class(ms)
+    assert classes["cast"] >= ms[mod.CAST_COPY] and classes.get("layout copy", 0) > 0
