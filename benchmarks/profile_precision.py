@@ -157,12 +157,13 @@ def build_run(args: argparse.Namespace, variant: Variant, project: Path) -> dict
     loader.dataset.set_epoch(0)
     loader.sampler.set_epoch(0)
     return {"st": st, "task": task, "forward": forward, "loss_fn": loss_fn, "variant": variant,
-            "batch": int(st.args["batch"]), "max_norm": float(st.args["max_norm"]),
+            "batch": int(st.train_loader.batch_size), "max_norm": float(st.args["max_norm"]),
             "loader": loader, "it": iter(loader)}
 
 
 def next_batch(run: dict):
-    """The next full batch (an epoch's smaller last batch is skipped: one shape throughout)."""
+    """The next full batch (an epoch's smaller last batch is skipped: one shape throughout; a
+    dataset smaller than ``--batch`` gives batches of the whole dataset)."""
     for _ in range(3):
         try:
             batch = next(run["it"])

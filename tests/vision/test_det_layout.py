@@ -41,3 +41,19 @@ def test_every_activation_and_conv_gradient_stays_channels_last_under_bf16_autoc
     assert nchw == []
     grads = {n: p.grad for n, p in model.named_parameters() if p.dim() == 4}
     assert grads and all(g.is_contiguous(memory_format=CL) for g in grads.values())
+
+
+def test_a_training_forward_copies_no_activation_for_silu():
+    # an in-place SiLU under autograd clones its input (its backward needs it): one extra copy
+    # of every activation per step; the detector's SiLU is out of place
+    from torch.profiler import profile
+
+    model = DetectionModel(load_model_yaml(TINY_MODEL), nc=2)
+    x, _ = DetectTask().synthetic_batch({"imgsz": 64}, 2, 2)
+    with profile() as prof:
+        model(x)
+    silu = [e for e in prof.events() if e.name.startswith("aten::silu")]
+    assert silu, "no SiLU ran"
+    copies = [e.name for e in prof.events() if e.cpu_parent is not None
+              and e.cpu_parent.name.startswith("aten::silu") and e.name in ("aten::clone", "aten::copy_")]
+    assert copies == []
