@@ -57,3 +57,24 @@ def test_inductor_losses_match_eager(tiny_organs, tmp_path, amp, rtol):
     torch._dynamo.reset()
     assert len(comp) == len(eager) == 4
     torch.testing.assert_close(torch.tensor(comp), torch.tensor(eager), rtol=rtol, atol=1e-6)
+
+
+def test_a_compiled_run_resumes_exactly_and_may_switch_compile_off(tiny_organs, tmp_path, counting_compile):
+    # eager run of 2 epochs vs a compiled run cut after epoch 1 and resumed eagerly (compile is
+    # one of the keys a resume may change): same weights, same losses
+    common = dict(project=str(tmp_path), **{**_common(tiny_organs, False), "epochs": 2})
+    full = train(name="full", **common)
+
+    def stop_after_first_epoch(state, epoch):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(name="cut", compile=True, callbacks={"on_epoch_end": stop_after_first_epoch}, **common)
+    assert counting_compile.calls > 0
+    resumed = train(resume=str(tmp_path / "cut" / "weights" / "last.pt"), compile=False, verbose=False)
+    a, b = load_checkpoint(full.last), load_checkpoint(resumed.last)
+    assert list(a["train"]["model"]) == list(b["train"]["model"])
+    for k, v in a["train"]["model"].items():
+        assert torch.equal(v, b["train"]["model"][k]), k
+    assert b["args"]["compile"] is False
