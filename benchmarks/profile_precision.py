@@ -23,7 +23,7 @@ the model and its inputs, ``both`` for on and off side by side).
 
     python benchmarks/profile_precision.py [--task detect] [--model det-n.yaml] [--data shapes.yaml]
         [--imgsz 192] [--batch 16] [--steps 12] [--precisions 32,bf16-mixed] [--compile]
-        [--channels-last task|on|off|both] [--threads 0] [--json out.json]
+        [--channels-last task|on|off|both] [--copies 12] [--threads 0] [--json out.json]
     python benchmarks/profile_precision.py --task segment3d --model unet3d-n.yaml --patch 64 --batch 2
 
 Timing needs a quiet machine (nothing else using the cores). The op-class shares are read from
@@ -224,6 +224,30 @@ def op_times(run: dict, steps: int) -> dict[str, float]:
     return dict(out)
 
 
+def copy_sources(run: dict, depth: int = 3) -> dict[str, dict[str, float]]:
+    """What copies data in one step (counted, not timed): per chain of up to ``depth`` parent
+    ops of each ``aten::copy_`` (e.g. ``aten::clone < aten::contiguous < aten::_fused_adamw_``),
+    the calls and the elements copied (shapes recorded by ``torch.profiler``)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        timed_step(run)
+    out: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "elements": 0})
+    for ev in prof.events():
+        if ev.name != "aten::copy_":
+            continue
+        chain, parent = [], ev.cpu_parent
+        while parent is not None and len(chain) < depth:
+            chain.append(parent.name)
+            parent = parent.cpu_parent
+        shape = ev.input_shapes[0] if ev.input_shapes and ev.input_shapes[0] else []
+        n = 1
+        for d in shape:
+            n *= int(d)
+        key = " < ".join(chain) or "(top level)"
+        out[key]["calls"] += 1
+        out[key]["elements"] += n
+    return dict(out)
+
+
 def by_class(op_ms: dict[str, float]) -> dict[str, float]:
     per_class: dict[str, float] = defaultdict(float)
     for name, ms in op_ms.items():
@@ -280,6 +304,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="layout of the model and its inputs: as the trainer runs it, forced on/off, or both")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--top", type=int, default=12, help="also list the N costliest ops")
+    ap.add_argument("--copies", type=int, default=0,
+                    help="also list the N largest sources of copies (elements per step, counted)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     seg = args.task == "segment3d"
@@ -306,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
             for p in names:
                 phases[p].append(timed_step(runs[p]))
         op_ms = {p: op_times(runs[p], args.profile_steps) for p in names}
+        copies = {p: copy_sources(runs[p]) for p in names} if args.copies else {}
     ops = {p: by_class(op_ms[p]) for p in names}
 
     env = describe_device("cpu")
@@ -319,11 +346,16 @@ def main(argv: list[str] | None = None) -> None:
         top = sorted(op_ms[p].items(), key=lambda kv: -kv[1])[:args.top]
         print(f"\n{p}: costliest ops (self CPU ms per step): "
               + ", ".join(f"{k} {v:.1f} [{op_class(k)}]" for k, v in top))
+    for p, src in copies.items():
+        top = sorted(src.items(), key=lambda kv: -kv[1]["elements"])[:args.copies]
+        print(f"\n{p}: largest copy sources (one step; million elements, calls):")
+        for chain, c in top:
+            print(f"  {c['elements'] / 1e6:8.2f} M  {c['calls']:5d}  {chain}")
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args) | {"json": str(args.json)},
                                                  "env": env, "variants": names, "phases_ms": med,
                                                  "step_ms": tot, "op_class_ms": ops, "op_ms": op_ms,
-                                                 "table": text}, indent=1, default=str))
+                                                 "copies": copies, "table": text}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -95,3 +95,22 @@ def test_a_dtype_conversion_is_booked_as_a_cast_not_a_layout_copy():
     assert ms.get(mod.CAST_COPY, 0) > 0
     classes = mod.by_class(ms)
     assert classes["cast"] >= ms[mod.CAST_COPY] and classes.get("layout copy", 0) > 0
+
+
+def test_copy_sources_name_the_op_that_copies_and_count_its_elements():
+    mod = _script()
+    x = torch.randn(64, 32)
+
+    def fake_step(_run):
+        x.t().contiguous()  # 2048 elements through clone < contiguous
+        x.to(torch.bfloat16)  # 2048 through _to_copy < to
+        return {}
+
+    real = mod.timed_step
+    mod.timed_step = fake_step
+    try:
+        src = mod.copy_sources({}, depth=2)
+    finally:
+        mod.timed_step = real
+    assert src["aten::clone < aten::contiguous"] == {"calls": 1, "elements": 2048}
+    assert src["aten::_to_copy < aten::to"] == {"calls": 1, "elements": 2048}
