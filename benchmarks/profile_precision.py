@@ -9,8 +9,8 @@ noise hits them alike, and prints:
 * per phase: median milliseconds per step and its share, for each variant, and the ratio to
   the first variant;
 * per op class (``torch.profiler``, self CPU time over the profiled steps): convolution/GEMM,
-  normalisation, elementwise/activation, dtype casts (with the ``copy_`` inside each
-  ``_to_copy``, where a conversion's work is), layout copies, concat/split, reductions,
+  normalisation, elementwise/activation, dtype casts (every ``copy_`` between two dtypes:
+  where a conversion's work is), layout copies, concat/split, reductions,
   the optimizer's multi-tensor kernels, inductor's fused kernels (a compiled graph's self time:
   its fused C++/Triton kernels are not separate events), and everything else -- what
   share of the step is the arithmetic the low-precision units speed up, and what is not.
@@ -202,25 +202,32 @@ def timed_step(run: dict) -> dict[str, float]:
     return {p: 1000 * (b - a) for p, a, b in zip(PHASES, t[:-1], t[1:], strict=True)}
 
 
-CAST_COPY = "aten::copy_ (in aten::_to_copy)"
+CAST_COPY = "aten::copy_ between dtypes (to_dtype)"
 
 
-def op_key(name: str, parent: str | None) -> str:
+def is_conversion(ev) -> bool:
+    """An ``aten::copy_`` between two dtypes (recorded with ``record_shapes=True``)."""
+    dtypes = [d for d in (getattr(ev, "input_dtypes", None) or [])[:2] if d]
+    return ev.name == "aten::copy_" and len(dtypes) == 2 and dtypes[0] != dtypes[1]
+
+
+def op_key(ev) -> str:
     """The name an event's self time is booked under: a dtype conversion does its work in an
-    ``aten::copy_`` *inside* ``aten::_to_copy`` (whose own self time is only the allocation), so
-    that copy counts as a cast, not as a layout copy."""
-    return CAST_COPY if name == "aten::copy_" and parent == "aten::_to_copy" else name
+    ``aten::copy_`` (inside ``aten::_to_copy``, whose own self time is only the allocation), so a
+    copy between two dtypes counts as a cast; a copy within one dtype (``.contiguous()``, a
+    ``.to(memory_format=...)``) stays a layout copy."""
+    return CAST_COPY if is_conversion(ev) else ev.name
 
 
 def op_times(run: dict, steps: int) -> dict[str, float]:
-    """Self CPU milliseconds per op (``op_key``), per step, over ``steps`` profiled steps."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    """Self CPU milliseconds per op (``op_key``), per step, over ``steps`` profiled steps
+    (shapes recorded: the dtypes tell casts from layout copies)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             timed_step(run)
     out: dict[str, float] = defaultdict(float)
     for ev in prof.events():
-        parent = ev.cpu_parent.name if ev.cpu_parent is not None else None
-        out[op_key(ev.name, parent)] += ev.self_cpu_time_total / 1000 / steps
+        out[op_key(ev)] += ev.self_cpu_time_total / 1000 / steps
     return dict(out)
 
 
@@ -242,7 +249,7 @@ def copy_sources(run: dict, depth: int = 3) -> dict[str, dict[str, float]]:
         n = 1
         for d in shape:
             n *= int(d)
-        key = " < ".join(chain) or "(top level)"
+        key = (" < ".join(chain) or "(top level)") + (" [dtype conversion]" if is_conversion(ev) else "")
         out[key]["calls"] += 1
         out[key]["elements"] += n
     return dict(out)
