@@ -94,3 +94,16 @@ def test_a_compile_failure_stops_before_the_first_step_with_one_line(tiny_data, 
     assert "no C++ compiler found" in lines[0] and "long details" not in lines[0]
     assert "compile=False" in lines[0]
     assert not list(tmp_path.glob("runs/detect/*/weights/last.pt"))  # no epoch ran
+
+
+def test_data_parallel_compile_is_refused_before_any_work(tiny_data, tmp_path):
+    from mixprec.distributed.launch import DistContext
+    from mixprec.vision.trainer import build
+
+    args = Model(TINY_MODEL).task.train_keys()
+    given = {k: v.default for k, v in args.items()} | DET | {"data": str(tiny_data),
+                                                            "project": str(tmp_path), "compile": True}
+    ctx = DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"compile=True is not supported data-parallel yet .* compile=False"):
+        build(given, dist=ctx)
+    assert not (tmp_path / "train").exists()
