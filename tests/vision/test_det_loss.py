@@ -123,18 +123,32 @@ def test_loss_is_fp32_finite_and_background_has_no_box_terms():
     assert loss16.item() == pytest.approx(loss.item(), rel=0.05)
 
 
-def test_loss_decreases_when_fitting_one_batch():
-    """Overfitting one batch drives the box (1 - CIoU) and class terms well down on every kernel
-    path. Early on the loss is not monotonic (task-aligned targets grow as boxes improve), so the
-    check is the mean of the last 20 of 150 steps against the first step. DFL is not asserted:
-    its minimum is the entropy of each target's two-bin split (log 2 for a target halfway
-    between bins), and it rises as more anchors are assigned, so it does not go to zero."""
+def _top_detection_per_image(model, x):
+    from mixprec.vision.postprocess import non_max_suppression
+
+    head = model.head
+    maps = [m.detach() for m in model(x)]
+    return [d[0] for d in non_max_suppression(maps, head.stride, head.reg_max, head.nc)]
+
+
+def test_fitting_one_batch_finds_the_boxes_and_lowers_the_class_loss():
+    """Overfitting one batch (150 AdamW steps): each image's top detection afterwards has the
+    right class and overlaps its box with IoU >= 0.8 (torchvision's ``box_iou`` as the
+    reference; before training it is ~0), and the class term falls below 0.5x its first value
+    (mean of the last 20 steps). The box term's ratio is not asserted: as boxes improve the
+    task-aligned targets grow and more anchors count, so it falls only 0.46-0.68x over seeds
+    0-5 while the boxes themselves land at IoU 0.92-0.99 -- the overlap is the claim. DFL is
+    not asserted either: its minimum is the entropy of each target's two-bin split."""
+    from torchvision.ops import box_iou
+
     torch.manual_seed(0)
     model = DetectionModel(TINY_MODEL, nc=2)
     loss_fn = DetectionLoss(model)
     opt = torch.optim.AdamW(model.parameters(), lr=0.001)
     x = torch.rand(2, 3, 64, 64)
     t = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.4], [1, 0, 0.3, 0.3, 0.3, 0.3]])
+    gt = torch.cat((t[:, 2:4] - t[:, 4:] / 2, t[:, 2:4] + t[:, 4:] / 2), 1) * 64  # xyxy pixels
+    before = _top_detection_per_image(model, x)
     items = []
     for _ in range(150):
         loss, it = loss_fn(model(x), t)
@@ -142,9 +156,15 @@ def test_loss_decreases_when_fitting_one_batch():
         loss.backward()
         opt.step()
         items.append(it)
+    after = _top_detection_per_image(model, x)
+    for i, (d0, d) in enumerate(zip(before, after, strict=True)):
+        assert box_iou(d0[None, :4], gt[i:i + 1]).item() < 0.5  # it could fail: not fitted yet
+        # measured over seeds 0-5: IoU 0.92-0.99, score 0.95-0.99, class right in all
+        assert box_iou(d[None, :4], gt[i:i + 1]).item() >= 0.8, (i, d, gt[i])
+        assert int(d[5]) == int(t[i, 1]) and d[4] > 0.5, (i, d)
     first, last = items[0], torch.stack(items[-20:]).mean(0)
-    # measured over seeds 0-5 on two CPU kernel paths: box 0.22-0.36x, cls 0.18-0.23x
-    assert last[0] < 0.5 * first[0] and last[1] < 0.5 * first[1], (first, last)
+    # measured over seeds 0-5: cls 0.26-0.32x
+    assert last[1] < 0.5 * first[1], (first, last)
 
 
 def test_assigner_overlap_is_complete_iou_like_torchvision():

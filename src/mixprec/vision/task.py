@@ -56,6 +56,8 @@ LOOP_KEYS: dict[str, Key] = {
     "precision": Key(None, "a preset (bf16-mixed, 16-mixed, 16-master, 32, auto); overrides amp"),
     "emulate": Key(False, "emulate the policy's numerics in FP32 (mixprec.emulate)"),
     "ema": Key(True, "validate and save an EMA of the weights (False: the raw trained weights)"),
+    "compile": Key(False, "torch.compile (inductor) the training forward, and the loss where the task's "
+                          "compiles cleanly; compiled before the first step (docs/compile.md)"),
     "val": Key(True, "validate every epoch (False: only after the last epoch)"),
     "resume": Key(False, "True (latest run, or model=.../last.pt) or a path to last.pt"),
     "patience": Key(100, "stop after this many epochs without fitness improvement"),
@@ -93,6 +95,8 @@ class Task(ABC):
     loss_names: ClassVar[tuple[str, ...]] = ("loss",)
     fitness_name: ClassVar[str] = "fitness"  # printed by early stopping
     size_key: ClassVar[str] = "imgsz"        # the input-size key ``Model.val`` takes from training
+    compile_loss: ClassVar[bool] = False     # compile=True also compiles the loss (fullgraph=True)
+    compile_loss_note: ClassVar[str] = ""    # why the loss stays eager under compile=True
 
     # ---- keys and checks ------------------------------------------------------------------
     def train_keys(self) -> dict[str, Key]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mixprec.vision.compiled import check_compile_value
+
 __all__ = ["RESUME_OVERRIDES", "check_checkpoint", "check_train_values", "resume_args"]
 
 # keys a resume takes from the command line; every other key comes from the checkpoint
-RESUME_OVERRIDES = ("device", "workers", "verbose", "nan_recovery", "nan_action")
+RESUME_OVERRIDES = ("device", "workers", "verbose", "nan_recovery", "nan_action", "compile")
 
 
 def _int(args: dict[str, Any], key: str, low: int) -> None:
@@ -24,6 +26,8 @@ def check_train_values(args: dict[str, Any]) -> None:
     _int(args, "nan_recovery", 0)
     if args["nan_action"] not in ("reload", "stop"):
         raise ValueError(f"nan_action={args['nan_action']!r}: use reload or stop")
+    if "compile" in args:
+        check_compile_value(args["compile"])
     for key in ("patience", "close_mosaic"):  # close_mosaic: detection's key
         if key in args:
             _int(args, key, 0)

@@ -34,6 +34,7 @@ from mixprec.distributed.ranks import is_main_process
 from mixprec.io import load_checkpoint, save_checkpoint
 from mixprec.keys import check_keys
 from mixprec.precision import Precision
+from mixprec.vision.compiled import compile_step
 from mixprec.vision.numerics_record import NumericsRecord
 from mixprec.vision.optim import (
     ModelEMA,
@@ -76,7 +77,8 @@ class TrainState:
     best_fitness: float | None = None
     best_epoch: int = -1
     scale_history: list[dict[str, Any]] = field(default_factory=list)
-    forward: Any = None  # the DistributedDataParallel wrapper of ``model`` in a data-parallel run
+    forward: Any = None  # what the loop calls instead of ``model``: the DistributedDataParallel
+    # wrapper in a data-parallel run, or ``torch.compile(model)`` with compile=True
     numerics: NumericsRecord | None = None  # skip attribution + NaN locator (rank 0, in ``train``)
     recovery: NanRecovery | None = None  # reload/stop after a run of inf/NaN losses (``train``)
     last_losses: dict[str, float] | None = None  # the last batch's losses by name, for callbacks
@@ -145,6 +147,23 @@ def _optimization(args: dict[str, Any], task: Task, data: Any, model: torch.nn.M
     return optimizer, schedule, accumulate, warmup_iters, opt_name, lr0, info
 
 
+def _warm_up_batches(args: dict[str, Any], task: Task, loader: Any, device: torch.device,
+                     nc: int) -> list[tuple[Any, Any]]:
+    """Synthetic batches of every batch size ``loader`` yields (the full one, and the last,
+    smaller one unless it is dropped), inputs on ``device``: compile=True compiles each shape
+    before the first step instead of at the end of the first epoch."""
+    full = int(loader.batch_size)
+    sizes = [full]
+    rest = len(loader.sampler) % full if not loader.drop_last else 0
+    if rest:
+        sizes.append(rest)
+    out = []
+    for b in sizes:
+        inputs, targets = task.synthetic_batch(args, b, nc)
+        out.append((inputs.to(device), targets))
+    return out
+
+
 def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: Path | None = None,
           task: Task | str | None = None, dist: dp.DistContext | None = None) -> TrainState:
     """Assemble a run from ``args`` (every key of ``task.train_keys()``). ``model``: start from
@@ -155,6 +174,9 @@ def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: 
     _check_dist(dist)
     device = dist.device if dist else select_device(args["device"])
     task.check_args(args)
+    if args.get("compile", False) and dist is not None and dist.world_size > 1:
+        raise ValueError("compile=True is not supported data-parallel yet (torchrun, device=0,1): "
+                         "use compile=False, or train on one device")
     with dp.main_process_first():  # rank 0 generates a built-in dataset, the others wait
         data = task.load_data(args)
     model = task.build_model(args, data, model).to(device)
@@ -181,6 +203,10 @@ def build(args: dict[str, Any], model: torch.nn.Module | None = None, save_dir: 
 
         forward = ddp(model, optimizer, prec, device_ids=[device.index] if device.type == "cuda" else None)
     print(info)
+    if args.get("compile", False):
+        forward, loss_fn = compile_step(model, loss_fn, _warm_up_batches(args, task, train_loader, device,
+                                                                          task.num_classes(data)),
+                                        prec.autocast, task.compile_loss, task.compile_loss_note)
     if save_dir is None:
         save_dir = dp.broadcast_object(increment_path(args["project"], args["name"],
                                                       bool(args["exist_ok"])))
@@ -212,7 +238,7 @@ def train_one_epoch(st: TrainState, callbacks: dict[str, Callable] | None = None
     for i, batch in enumerate(bar):
         inputs, targets = task.inputs(batch, st.device)
         with prec.autocast():
-            outputs = (st.forward or model)(inputs)
+            outputs = (model if st.forward is None else st.forward)(inputs)
         loss, items = st.loss_fn(outputs, targets)  # FP32 loss on the FP32-cast outputs
         prec.backward(loss)
         pending += 1

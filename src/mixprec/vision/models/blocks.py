@@ -21,7 +21,11 @@ class Conv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, k // 2, groups=g, bias=False)
         self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.1)
-        self.act = nn.SiLU(inplace=True) if act else nn.Identity()
+        # not in place: SiLU's backward needs its input, so under autograd an in-place SiLU
+        # first clones it -- a full extra copy of every activation per training step, for
+        # the same memory (the clone is what is saved); inference holds one more activation
+        # for a moment
+        self.act = nn.SiLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))

@@ -38,8 +38,10 @@ class DiceCELoss:
     def __call__(self, logits: torch.Tensor | list[torch.Tensor],
                  target: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         outs = logits if isinstance(logits, (list, tuple)) else [logits]
-        weights = torch.tensor([0.5 ** k for k in range(len(outs))])
-        weights = (weights / weights.sum()).tolist()
+        # Python floats (not a tensor's .tolist()): torch.compile traces the loss without a break;
+        # the products with FP32 tensors round them to the same FP32 weights as before
+        total = sum(0.5 ** k for k in range(len(outs)))
+        weights = [0.5 ** k / total for k in range(len(outs))]
         ce_total = dice_total = None
         for k, (w, out) in enumerate(zip(weights, outs, strict=True)):
             s = 2 ** k

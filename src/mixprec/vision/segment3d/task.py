@@ -184,6 +184,7 @@ class Segment3DTask(Task):
     fitness_name: ClassVar[str] = "Dice"
     size_key: ClassVar[str] = "patch"
     progress_columns: ClassVar[tuple[str, ...]] = ("Patch",)
+    compile_loss: ClassVar[bool] = True  # Dice + CE: static shapes, no data-dependent ops
 
     def __init__(self) -> None:
         self._in_channels = 1  # of the model being trained (for synthetic autobatch batches)
