@@ -42,3 +42,30 @@ def test_detector_step_oom_reports_at_imgsz(tiny_data, tmp_path, monkeypatch):
         f"{format_bytes(free)} free); 16-mixed fits in ~{format_bytes(needs['16-mixed'])} -- rerun "
         "with amp=16-mixed (or a smaller imgsz/batch)")
     assert (tmp_path / "runs" / "train" / "weights" / "last.pt").is_file()  # epoch 1 kept
+
+
+def test_validation_oom_is_one_line_and_keeps_the_last_epoch(tiny_data, tmp_path, monkeypatch, capsys):
+    """Out of memory in validation (the second epoch's): a ValueError naming the way out, the
+    first epoch's last.pt intact, through the CLI as one line with exit status 2."""
+    from mixprec.cli.main import main
+    from mixprec.io import load_checkpoint
+
+    calls = {"n": 0}
+    task_cls = type(get_task("detect"))
+    real_validate = task_cls.validate
+
+    def runs_out(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_validate(self, *a, **k)
+
+    monkeypatch.setattr(task_cls, "validate", runs_out)
+    code = main(["train", f"model={TINY_MODEL}", f"data={tiny_data}", "epochs=2", "imgsz=64", "batch=4",
+                 "workers=0", "amp=False", "verbose=False", "plots=False", f"project={tmp_path / 'runs'}"])
+    assert code == 2 and calls["n"] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mixprec train: validation after epoch 2 ran out of cpu memory"), err
+    assert "Traceback" not in "\n".join(err)
+    last = tmp_path / "runs" / "train" / "weights" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 0  # the first epoch's checkpoint, not a half-written one

@@ -327,8 +327,18 @@ def _resume_args(given: dict[str, Any], task: Task) -> tuple[dict[str, Any], dic
 
 
 def _validate(st: TrainState, model: torch.nn.Module, final: bool) -> Any:
-    return st.task.validate(model, st.val_loader, st.data, st.prec.autocast, None if final else st.loss_fn,
-                            st.args, st.save_dir, final)
+    """The task's validation of ``model``; running out of device memory there becomes one
+    ValueError naming the way out (checkpoints stay as the last finished epoch left them)."""
+    try:
+        return st.task.validate(model, st.val_loader, st.data, st.prec.autocast,
+                                None if final else st.loss_fn, st.args, st.save_dir, final)
+    except torch.OutOfMemoryError:
+        pass  # leave the except block: its traceback holds the validation's tensors
+    if st.device.type == "cuda":
+        torch.cuda.empty_cache()
+    raise ValueError(f"validation after epoch {st.epoch + 1} ran out of {st.device} memory (training "
+                     f"fits; the last finished epoch's checkpoint is kept): resume=True with val=False, "
+                     f"then mixprec val model=<run>/weights/best.pt device=cpu, or a smaller imgsz/patch")
 
 
 def _end_epoch(st: TrainState, epoch: int, out: dict, metrics: Any, elapsed: float,
