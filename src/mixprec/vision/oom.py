@@ -50,8 +50,10 @@ def training_oom_report(ctx: OomContext) -> OutOfMemoryReport:
     """Measure the run's step at the task's probe size for each precision on the run's device
     (free the failed run first) and say what fits."""
     task, args = ctx.task, ctx.args
-    probe_args, scale, size = task.memory_probe(args, task.model_from_record(ctx.record))
-    loss = task.build_loss(args, task.model_from_record(ctx.record))
+    template = task.model_from_record(ctx.record)  # built once: the probe size and the loss read it
+    probe_args, scale, size = task.memory_probe(args, template)
+    loss = task.build_loss(args, template)
+    del template
     nc = len(ctx.record["names"])
     cls, settings = ctx.optimizer
 
