@@ -15,25 +15,40 @@ import torch
 
 from mixprec.policy import PRESETS, Policy
 
-__all__ = ["auto_policy", "cpu_flags", "describe_device", "select_device"]
+__all__ = ["auto_policy", "cpu_flags", "cpu_model", "describe_device", "select_device"]
 
 # CPU flags that matter for low precision (as Linux names them in /proc/cpuinfo).
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16",
-              "fma", "f16c", "asimd", "bf16", "fphp", "asimdhp")
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_tile",
+              "amx_bf16", "amx_fp16", "amx_int8", "fma", "f16c", "asimd", "bf16", "fphp", "asimdhp", "i8mm")
 _CPU_BF16 = ("avx512_bf16", "amx_bf16")
 _CPU_FP16 = ("avx512_fp16", "amx_fp16")
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> tuple[str, ...]:
-    """Low-precision-relevant CPU flags of this machine (empty where /proc/cpuinfo is absent)."""
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except OSError:
-        return ()
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``AMD EPYC ...``), else ``platform``'s guess."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("model name", "Model")) and ":" in line:
+            name = line.split(":", 1)[1].strip()
+            if name:
+                return name
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> tuple[str, ...]:
+    """Low-precision-relevant CPU flags of this machine (empty where /proc/cpuinfo is absent):
+    BF16/FP16 arithmetic, the INT8 dot products (VNNI, AMX-INT8, i8mm) INT8 inference uses."""
     present: set[str] = set()
-    for line in text.splitlines():
+    for line in _cpuinfo().splitlines():
         if line.startswith(("flags", "Features")):
             present.update(line.split(":", 1)[1].split())
     return tuple(flag for flag in _CPU_FLAGS if flag in present)
@@ -67,7 +82,7 @@ def describe_device(device: str | torch.device | None = None) -> dict[str, Any]:
     dev = select_device(device)
     info: dict[str, Any] = {"device": str(dev), "torch": torch.__version__,
                             "python": platform.python_version(), "cores": os.cpu_count(),
-                            "cpu": platform.processor() or platform.machine()}
+                            "cpu": cpu_model()}
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)

@@ -41,6 +41,23 @@ def test_describe_device_cpu_fields():
     assert isinstance(info["cpu_flags"], list) and info["torch"] == torch.__version__
 
 
+_ZEN4_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse avx2 fma f16c avx512f avx512_bf16 avx512_vnni avx512vl sha_ni
+"""
+
+
+def test_cpu_model_and_flags_come_from_cpuinfo(monkeypatch):
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: _ZEN4_CPUINFO)
+    assert hardware.cpu_model() == "AMD EPYC 9R14 96-Core Processor"
+    # the INT8 dot-product flag is reported, flags torch does not use for low precision are not
+    expected = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "fma", "f16c")
+    assert hardware.cpu_flags.__wrapped__() == expected
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: "")
+    assert hardware.cpu_model() and hardware.cpu_flags.__wrapped__() == ()
+
+
 @pytest.mark.parametrize("policy", ["16-mixed", "bf16-mixed", "16-master"])
 def test_check_amp_passes_real_policies(policy):
     result = mp.check_amp("cpu", policy)
