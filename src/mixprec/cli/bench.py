@@ -6,7 +6,6 @@ Prints the table, then writes ``bench.json``, ``bench.md``, ``bench_speed_memory
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -69,7 +68,8 @@ def run(config: dict[str, Any]) -> int:
     from mixprec.bench.report import format_table, save_report
     from mixprec.bench.runner import bench
     from mixprec.bench.tasks import resolve_task
-    from mixprec.cli.timing_env import timing_warning
+    from mixprec.cli.timing_env import print_timing_warning
+    from mixprec.hardware import select_device
 
     if config["repeats"] is None and isinstance(config["steps"], int):
         config = {**config, "repeats": max(1, min(5, config["steps"]))}
@@ -88,10 +88,8 @@ def run(config: dict[str, Any]) -> int:
     device = None if config["device"] in (None, "") else str(config["device"])
     precisions = config["precision"]
     precisions = [str(p) for p in (precisions if isinstance(precisions, list) else [precisions])]
-    on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
-    warning = timing_warning(os.environ, torch.get_num_threads()) if on_cpu else None
-    if warning:
-        print(warning, flush=True)
+    if select_device(device).type == "cpu":
+        print_timing_warning(torch.get_num_threads())
     try:
         result = bench(
             task.model_fn, task.batch_fn, task.loss_fn, precisions=precisions,

@@ -29,18 +29,14 @@ KEYS: dict[str, Key] = {
 
 
 def run(config: dict[str, Any]) -> int:
-    import os
-
-    from mixprec.cli.timing_env import timing_warning
+    from mixprec.cli.timing_env import print_timing_warning
     from mixprec.export.benchmark import BenchmarkConfig, benchmark, to_markdown
     from mixprec.io import increment_path
 
     c = dict(config)
     if not c["data"]:
         raise ValueError("give data=... (e.g. data=shapes.yaml)")
-    warning = timing_warning(os.environ, int(c["threads"] or 0))
-    if warning:
-        print(warning, flush=True)
+    print_timing_warning(int(c["threads"] or 0))
     save_dir = increment_path(c.pop("project"), c.pop("name"), bool(c.pop("exist_ok")))
     cfg = BenchmarkConfig(**{**c, "model": str(c["model"]), "data": str(c["data"]),
                              "formats": tuple(str(f) for f in c["formats"])})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
-__all__ = ["timing_warning"]
+__all__ = ["print_timing_warning", "timing_warning"]
 
 
 def timing_warning(environ: Mapping[str, str], threads: int) -> str | None:
@@ -19,3 +20,10 @@ def timing_warning(environ: Mapping[str, str], threads: int) -> str | None:
         return None
     return ("warning: OMP_WAIT_POLICY=PASSIVE is set: worker threads sleep between small ops and "
             "latencies are inflated (batch-1 det-n 3x here); unset it for timing, or use threads=1")
+
+
+def print_timing_warning(threads: int) -> None:
+    """Print ``timing_warning`` for this process's environment, if there is one."""
+    warning = timing_warning(os.environ, threads)
+    if warning:
+        print(warning, flush=True)
