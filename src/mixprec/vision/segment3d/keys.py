@@ -9,11 +9,12 @@ from mixprec.vision.task import train_keys
 __all__ = ["PREDICT_KEYS", "SEG_KEYS", "TRAIN_KEYS", "VAL_KEYS"]
 
 SEG_KEYS: dict[str, Key] = {
-    "model": Key("unet3d-n.yaml", "model YAML (unet3d-n.yaml, unet3d-s.yaml, a path) or a .pt checkpoint"),
+    "model": Key("unet3d-n.yaml", "model YAML (unet3d-n.yaml, unet3d-fullres.yaml, unet3d-s.yaml, a "
+                                  "path) or a .pt checkpoint"),
     "data": Key("organs3d.yaml", "dataset.json / Decathlon folder / data YAML; organs3d.yaml and "
                                  "lesions3d.yaml are built in"),
     "patch": Key(64, "training patch and sliding-window size: one side (cubic) or x,y,z; multiples "
-                     "of the model's divisor (16 for unet3d-n/s)", kind="str"),
+                     "of the model's divisor (16 for the built-in models)", kind="str"),
     "epochs": Key(50, "number of epochs"),
     "batch": Key(2, "patches per batch; -1 picks the largest batch that fits (mixprec.bench)"),
     "iterations": Key(100, "batches per epoch (patches are drawn at random, so an epoch is a budget)"),
