@@ -1,7 +1,7 @@
 """Training-step speed of unet3d variants against MONAI's UNet, interleaved in one process.
 
-Each model trains on the same random batch (``--batch`` x 1 x ``--patch``^3, ``--nc`` classes):
-mixprec's ``UNet3D`` under ``--precision`` through ``mixprec.Precision`` with its ``DiceCELoss``,
+Each model trains on the same random batch (``--batch`` x ``--channels`` x ``--patch``^3, ``--nc``
+classes): mixprec's ``UNet3D`` under ``--precision`` through ``mixprec.Precision`` with its ``DiceCELoss``,
 MONAI's ``UNet`` (the configuration of ``segment3d_vs_monai.py``) in FP32 with MONAI's
 ``DiceCELoss``; AdamW and gradient clipping on both. One warm-up step each, then ``--rounds``
 rounds of one step per model in turn, so machine noise hits them alike. Prints forward
@@ -10,6 +10,7 @@ voxels/s and the ratio to MONAI's median. Accuracy is not measured here: see
 ``segment3d_vs_monai.py``.
 
     python benchmarks/segment3d_step_speed.py --models unet3d-n.yaml,my-variant.yaml --threads 1
+    python benchmarks/segment3d_step_speed.py --channels 2 --nc 3 --threads 1   # lesions3d's shape
 """
 
 from __future__ import annotations
@@ -77,14 +78,15 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16-mixed")
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--nc", type=int, default=5)
+    ap.add_argument("--nc", type=int, default=5, help="classes incl. background (organs3d 5, lesions3d 3)")
+    ap.add_argument("--channels", type=int, default=1, help="input channels (organs3d 1, lesions3d 2)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     p = args.patch
-    x = torch.randn(args.batch, 1, p, p, p)
+    x = torch.randn(args.batch, args.channels, p, p, p)
     y = torch.randint(0, args.nc, (args.batch, p, p, p))
     names = [m for m in args.models.split(",") if m] + ["monai"]
     steps = {}
@@ -100,7 +102,8 @@ def main() -> None:
             steps[name]()
             times[name].append(time.perf_counter() - t0)
     ref = statistics.median(times["monai"])
-    print(f"\npatch {p}^3, batch {args.batch}, {torch.get_num_threads()} thread(s), "
+    print(f"\npatch {p}^3, batch {args.batch}, {args.channels} channel(s), {args.nc} classes, "
+          f"{torch.get_num_threads()} thread(s), "
           f"mixprec {args.precision}, "
           f"MONAI FP32; {args.rounds} interleaved rounds")
     for name in names:
