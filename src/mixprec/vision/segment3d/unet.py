@@ -135,9 +135,9 @@ def _conv_norm_act(cfg: UNetConfig, c1: int, c2: int, stride: int = 1, act: bool
 
 class PointwiseConv3d(nn.Conv3d):
     """A 1x1x1 ``Conv3d`` with bias (same parameters and state dict) computed as one batched
-    matmul over the voxels, ``baddbmm`` (autocast runs it in BF16/FP16 as it does convolutions): oneDNN's 1x1x1
-    convolution with few output channels is slow in backward (bf16, 16 -> 5 channels at 64^3,
-    batch 2, one thread: 18.7 ms forward + backward against 5.7 ms)."""
+    matmul over the voxels, ``baddbmm`` (autocast runs it in BF16/FP16 as it does convolutions):
+    oneDNN's 1x1x1 convolution with few output channels is slow in backward (bf16, 16 -> 5
+    channels at 64^3, batch 2, one thread: 18.7 ms forward + backward against 5.7 ms)."""
 
     def __init__(self, c1: int, c2: int):
         super().__init__(c1, c2, 1)
