@@ -4,10 +4,8 @@ timing conclusions: the figures of a tiny run on a shared machine mean nothing."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,21 +19,12 @@ ROOT = Path(__file__).parents[2]
 TINY_DET = str(ROOT / "tests" / "vision" / "det-t.yaml")
 
 
-def _script():
-    path = ROOT / "benchmarks" / "bf16_kernels.py"
-    spec = importlib.util.spec_from_file_location("bf16_kernels", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bf16_kernels"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _close(got: torch.Tensor, ref: torch.Tensor) -> None:
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
-def test_block_shapes_cover_every_conv_block_in_call_order():
-    mod = _script()
+def test_block_shapes_cover_every_conv_block_in_call_order(benchmark_script):
+    mod = benchmark_script("bf16_kernels")
     model = DetectionModel(load_model_yaml(TINY_DET), nc=3).train()
     blocks = [m for m in model.modules() if isinstance(m, Conv)]
     shapes = mod.block_shapes(model, torch.randn(2, 3, 64, 64))
@@ -51,8 +40,8 @@ def test_block_shapes_cover_every_conv_block_in_call_order():
     {"x": (2, 8, 12, 12), "w": (16, 8, 3, 3), "stride": (2, 2), "padding": (1, 1), "groups": 1},
     {"x": (2, 16, 6, 6), "w": (16, 1, 3, 3), "stride": (1, 1), "padding": (1, 1), "groups": 16},
 ])
-def test_each_timed_kernel_equals_autograd(shape):
-    mod = _script()
+def test_each_timed_kernel_equals_autograd(benchmark_script, shape):
+    mod = benchmark_script("bf16_kernels")
     shape = {**shape, "act": True, "first": False}
     torch.manual_seed(0)
     t = mod.block_tensors(shape, torch.float32)
@@ -76,8 +65,8 @@ def test_each_timed_kernel_equals_autograd(shape):
     _close(calls["SiLU backward"](), torch.autograd.grad(a, yb, t["g"])[0])
 
 
-def test_first_block_and_blocks_without_activation_skip_those_kernels():
-    mod = _script()
+def test_first_block_and_blocks_without_activation_skip_those_kernels(benchmark_script):
+    mod = benchmark_script("bf16_kernels")
     shape = {"x": (1, 3, 8, 8), "w": (4, 3, 3, 3), "stride": (2, 2), "padding": (1, 1), "groups": 1,
              "act": False, "first": True}
     calls = mod.kernels(shape, mod.block_tensors(shape, torch.bfloat16))
@@ -85,8 +74,8 @@ def test_first_block_and_blocks_without_activation_skip_those_kernels():
     assert calls["conv forward"]().dtype == torch.bfloat16
 
 
-def test_tiny_run_writes_every_class_for_both_dtypes(tmp_path, capsys):
-    mod = _script()
+def test_tiny_run_writes_every_class_for_both_dtypes(benchmark_script, tmp_path, capsys):
+    mod = benchmark_script("bf16_kernels")
     torch.set_num_threads(1)
     out = tmp_path / "k.json"
     mod.main(["--model", TINY_DET, "--imgsz", "32", "--batch", "2", "--rounds", "2", "--threads", "1",

@@ -6,10 +6,8 @@ mean nothing)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -18,17 +16,8 @@ ROOT = Path(__file__).parents[2]
 TINY_DET = str(ROOT / "tests" / "vision" / "det-t.yaml")
 
 
-def _script():
-    path = ROOT / "benchmarks" / "profile_precision.py"
-    spec = importlib.util.spec_from_file_location("profile_precision", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["profile_precision"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_variants_cover_precisions_compile_and_layouts():
-    mod = _script()
+def test_variants_cover_precisions_compile_and_layouts(benchmark_script):
+    mod = benchmark_script("profile_precision")
     labels = [v.label for v in mod.variants(["32", "bf16-mixed"], True, "both")]
     assert labels == ["32+cl-on", "bf16-mixed+cl-on", "32+cl-off", "bf16-mixed+cl-off",
                       "32+compile+cl-on", "bf16-mixed+compile+cl-on", "32+compile+cl-off",
@@ -39,8 +28,9 @@ def test_variants_cover_precisions_compile_and_layouts():
     assert mod.op_class("aten::mkldnn_convolution") == "conv/gemm"
 
 
-def test_tiny_detection_profile_eager_and_compiled(tmp_path, counting_compile, monkeypatch, capsys):
-    mod = _script()
+def test_tiny_detection_profile_eager_and_compiled(benchmark_script, tmp_path, counting_compile, monkeypatch,
+                                                   capsys):
+    mod = benchmark_script("profile_precision")
     torch.set_num_threads(1)
     seen_layouts = []
     build_run = mod.build_run
@@ -72,11 +62,11 @@ def test_tiny_detection_profile_eager_and_compiled(tmp_path, counting_compile, m
     assert rec["table"] in table
 
 
-def test_a_dtype_conversion_is_booked_as_a_cast_not_a_layout_copy():
+def test_a_dtype_conversion_is_booked_as_a_cast_not_a_layout_copy(benchmark_script):
     # a conversion's work happens in aten::copy_ (under aten::_to_copy): the table must call it
     # a cast; a contiguous() copy and a .to(memory_format=...) (also an aten::_to_copy) stay
     # layout copies
-    mod = _script()
+    mod = benchmark_script("profile_precision")
     x = torch.randn(64, 8, 16, 16)
 
     def fake_step(_run):
@@ -97,8 +87,8 @@ def test_a_dtype_conversion_is_booked_as_a_cast_not_a_layout_copy():
     assert classes["cast"] >= ms[mod.CAST_COPY] and classes["layout copy"] >= ms["aten::copy_"]
 
 
-def test_copy_sources_name_the_op_that_copies_and_count_its_elements():
-    mod = _script()
+def test_copy_sources_name_the_op_that_copies_and_count_its_elements(benchmark_script):
+    mod = benchmark_script("profile_precision")
     x = torch.randn(64, 32)
 
     def fake_step(_run):
