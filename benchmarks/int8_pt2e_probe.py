@@ -35,10 +35,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
+from mixprec.export.backend import session
 from mixprec.export.quantize import CalibrationReader, quantize_int8
 from mixprec.hardware import cpu_model
 from mixprec.vision.models.detector import DetectionModel, load_model_yaml
@@ -62,14 +62,6 @@ def load(model: str, nc: int) -> torch.nn.Module:
     if model.endswith(".pt"):
         return load_weights(model)[0].float().eval()
     return DetectionModel(load_model_yaml(model), nc=nc).eval()
-
-
-def session(path: str | bytes, threads: int) -> Callable[[np.ndarray], object]:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    name = s.get_inputs()[0].name
-    return lambda x: s.run(None, {name: x})
 
 
 def pt2e_int8(model: torch.nn.Module, x: torch.Tensor, calib: list[torch.Tensor]) -> Callable:
@@ -109,15 +101,15 @@ def main(argv: list[str] | None = None) -> None:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         with contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(model, (x,), str(fp32), dynamo=True, opset_version=18, optimize=True)
-        name = ort.InferenceSession(str(fp32)).get_inputs()[0].name
-        reader = CalibrationReader(_Images(calib), range(len(calib)), name)
-        quantize_int8(fp32, int8, reader, keep_float=[])
-        xn = x.numpy()
-        ort32, ort8 = session(str(fp32), threads), session(str(int8), threads)
+        ort32 = session(fp32, threads=threads)
+        name = ort32.get_inputs()[0].name
+        quantize_int8(fp32, int8, CalibrationReader(_Images(calib), range(len(calib)), name), keep_float=[])
+        ort8 = session(int8, threads=threads)
+        feed = {name: x.numpy()}
         compiled32 = torch.compile(model)
         q8 = pt2e_int8(model, x, calib)
-        variants = {"ort fp32": lambda: ort32(xn), "ort int8": lambda: ort8(xn), "pt2e int8": lambda: q8(x),
-                    "torch fp32 (compiled)": lambda: compiled32(x)}
+        variants = {"ort fp32": lambda: ort32.run(None, feed), "ort int8": lambda: ort8.run(None, feed),
+                    "pt2e int8": lambda: q8(x), "torch fp32 (compiled)": lambda: compiled32(x)}
         for fn in variants.values():  # compiles and warms up
             for _ in range(5):
                 fn()
